@@ -1,0 +1,282 @@
+r"""Lagrange multipliers: the dual variables :math:`\lambda` (inequalities) and :math:`\mu` (equalities).
+
+A multiplier is an ``nn.Module`` whose parameters are optimized by a *dual optimizer* (any
+``torch.optim.Optimizer`` with ``maximize=True``). The gradient of the dual Lagrangian
+:math:`\sum_i \lambda_i g_i` with respect to :math:`\lambda_i` is the violation :math:`g_i` itself, so
+explicit multipliers receive it directly (:meth:`ExplicitMultiplier.add_dual_gradient_`) without a
+backward pass; only :class:`ImplicitMultiplier` models go through autograd.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import torch
+
+from cooper_like.constraint_state import ConstraintType
+
+
+class Multiplier(torch.nn.Module, abc.ABC):
+    """Base class of all multipliers.
+
+    Attributes:
+        expects_constraint_features: Whether :meth:`forward` takes the observed constraint features.
+        constraint_type: Set by the owning :class:`~cooper_like.Constraint`.
+    """
+
+    expects_constraint_features: bool = False
+    constraint_type: ConstraintType | None = None
+
+    @abc.abstractmethod
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Return the multiplier values of the observed constraints (differentiable)."""
+
+    @abc.abstractmethod
+    def post_step_(self) -> None:
+        """Post-process the parameters after each dual optimizer step (e.g. project onto λ ≥ 0)."""
+
+    def sanity_check(self) -> None:
+        """Check that the values are consistent with :attr:`constraint_type`; raise otherwise."""
+
+    def set_constraint_type(self, constraint_type: ConstraintType) -> None:
+        """Bind the multiplier to a constraint type and check its values against it."""
+        self.constraint_type = constraint_type
+        self.sanity_check()
+
+
+class ExplicitMultiplier(Multiplier):
+    """A multiplier stored explicitly as a parameter ``weight`` with one entry per constraint.
+
+    Args:
+        num_constraints: Number of constraints. Optional when ``init`` is given.
+        init: 1-D tensor of initial values; zeros when omitted.
+        device: Device of ``weight``.
+        dtype: Floating dtype of ``weight`` (float32 by default; keep it float32 under autocast).
+        restart_on_feasible: *Dual restarts* (Gallego-Posada et al. 2022): after every dual step, each
+            observed entry whose strict violation is ``<= 0`` is reset to 0 and its dual-optimizer state
+            is cleared. Inequality constraints only.
+    """
+
+    weight: torch.nn.Parameter
+
+    def __init__(
+        self,
+        num_constraints: int | None = None,
+        init: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        *,
+        restart_on_feasible: bool = False,
+    ) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(initial_multiplier_values(num_constraints, init, device, dtype))
+        self.restart_on_feasible = restart_on_feasible
+
+    @property
+    def device(self) -> torch.device:
+        return self.weight.device
+
+    @property
+    def num_constraints(self) -> int:
+        return self.weight.shape[0]
+
+    def sanity_check(self) -> None:
+        """Raise if an inequality multiplier is negative or any entry is not finite."""
+        values = self.weight.detach()
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(f"{type(self).__name__}: multiplier values must be finite, got {values}")
+        if self.constraint_type == ConstraintType.INEQUALITY and bool((values < 0).any()):
+            raise ValueError(
+                f"{type(self).__name__}: multipliers of an inequality constraint must be >= 0, "
+                f"got min {values.min().item()}"
+            )
+        if self.restart_on_feasible and self.constraint_type == ConstraintType.EQUALITY:
+            raise ValueError(
+                f"{type(self).__name__}: restart_on_feasible=True only applies to inequality constraints"
+            )
+
+    @abc.abstractmethod
+    def detached_value(self, constraint_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Return the observed multiplier values as a new tensor outside the autograd graph."""
+
+    @abc.abstractmethod
+    def check_observation(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
+        """Raise if ``violation``/``constraint_features`` do not fit this multiplier."""
+
+    @abc.abstractmethod
+    def add_dual_gradient_(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
+        r"""Accumulate :math:`\partial(\lambda^\top g)/\partial\lambda = g` into ``weight.grad``."""
+
+    @abc.abstractmethod
+    def observed_rows(self) -> torch.Tensor | None:
+        """Rows touched by the current gradient (``None`` means every row)."""
+
+    @torch.no_grad()
+    def post_step_(self) -> None:
+        r"""Project inequality multipliers onto :math:`\lambda \ge 0` (observed rows only when known)."""
+        if self.constraint_type != ConstraintType.INEQUALITY:
+            return
+        rows = self.observed_rows()
+        if rows is None:
+            self.weight.clamp_(min=0)
+        else:
+            self.weight.index_copy_(0, rows, self.weight.index_select(0, rows).clamp_(min=0))
+
+    def extra_repr(self) -> str:
+        return f"num_constraints={self.num_constraints}"
+
+
+class DenseMultiplier(ExplicitMultiplier):
+    """One multiplier per constraint, all observed at every step. ``weight`` has shape ``(n,)``."""
+
+    expects_constraint_features = False
+
+    def forward(self) -> torch.Tensor:
+        """Return a differentiable copy of all multiplier values."""
+        return self.weight.clone()
+
+    def detached_value(self, constraint_features: torch.Tensor | None = None) -> torch.Tensor:
+        return self.weight.detach().clone()
+
+    def check_observation(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
+        if violation.numel() != self.weight.numel():
+            raise ValueError(
+                f"DenseMultiplier: violation has {violation.numel()} entries (shape {tuple(violation.shape)}) "
+                f"but the multiplier has {self.weight.numel()}"
+            )
+
+    def add_dual_gradient_(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
+        # A copy, so that in-place edits of the gradient (clipping, ...) never alter the user's tensor.
+        gradient = violation.detach().reshape(self.weight.shape).to(self.weight.dtype, copy=True)
+        self.weight.grad = gradient if self.weight.grad is None else self.weight.grad + gradient
+
+    def observed_rows(self) -> torch.Tensor | None:
+        return None
+
+
+class IndexedMultiplier(ExplicitMultiplier):
+    """One multiplier per constraint id, of which only a few are observed per step.
+
+    ``constraint_features`` hold the integer ids of the observed rows. ``weight`` has shape ``(n, 1)``
+    (as in Cooper). With ``sparse_grad=True`` (default) the gradient is a sparse COO tensor over the
+    observed rows: the update and the projection cost O(observed), whatever ``n`` is, with
+    ``torch.optim.SGD`` (no momentum/weight decay), ``torch.optim.SparseAdam`` and
+    :class:`~cooper_like.optim.nuPI`. ``torch.optim.Adam`` rejects sparse gradients, and sparse
+    gradients break DistributedDataParallel all-reduce and the foreach optimizers: pass
+    ``sparse_grad=False`` there (dense gradients, O(n) per step).
+    """
+
+    expects_constraint_features = True
+
+    def __init__(
+        self,
+        num_constraints: int | None = None,
+        init: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        *,
+        restart_on_feasible: bool = False,
+        sparse_grad: bool = True,
+    ) -> None:
+        super().__init__(num_constraints, init, device, dtype, restart_on_feasible=restart_on_feasible)
+        self.weight.data = self.weight.data.unsqueeze(-1)
+        self.sparse_grad = sparse_grad
+
+    def _rows(self, constraint_features: torch.Tensor | None) -> torch.Tensor:
+        if constraint_features is None:
+            raise ValueError("IndexedMultiplier: constraint_features (the observed constraint ids) are required")
+        if constraint_features.dtype not in (torch.int64, torch.int32):
+            raise TypeError(
+                "IndexedMultiplier: constraint_features must be an integer tensor (torch.long), "
+                f"got dtype {constraint_features.dtype}"
+            )
+        return constraint_features.reshape(-1)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        """Return the differentiable multiplier values of the rows ``indices``."""
+        rows = self._rows(indices)
+        return torch.nn.functional.embedding(rows, self.weight, sparse=self.sparse_grad).reshape(indices.shape)
+
+    def detached_value(self, constraint_features: torch.Tensor | None = None) -> torch.Tensor:
+        rows = self._rows(constraint_features)
+        assert constraint_features is not None
+        return self.weight.detach().index_select(0, rows).reshape(constraint_features.shape)
+
+    def check_observation(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
+        rows = self._rows(constraint_features)
+        assert constraint_features is not None
+        if violation.shape != constraint_features.shape and violation.numel() != rows.numel():
+            raise ValueError(
+                f"IndexedMultiplier: violation shape {tuple(violation.shape)} does not match "
+                f"constraint_features shape {tuple(constraint_features.shape)}"
+            )
+        if rows.numel() > 0 and rows.device.type == "cpu":
+            low, high = torch.aminmax(rows)
+            if int(low) < 0 or int(high) >= self.num_constraints:
+                raise IndexError(
+                    f"IndexedMultiplier: constraint_features must lie in [0, {self.num_constraints}), "
+                    f"got values in [{int(low)}, {int(high)}]"
+                )
+
+    def add_dual_gradient_(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
+        rows = self._rows(constraint_features)
+        values = violation.detach().reshape(-1, 1).to(self.weight.dtype)
+        gradient: torch.Tensor
+        if self.sparse_grad:
+            gradient = torch.sparse_coo_tensor(rows.unsqueeze(0), values, size=self.weight.shape)
+        else:
+            gradient = torch.zeros_like(self.weight).index_add_(0, rows, values)
+        self.weight.grad = gradient if self.weight.grad is None else self.weight.grad + gradient
+
+    def observed_rows(self) -> torch.Tensor | None:
+        grad = self.weight.grad
+        if grad is None or not grad.is_sparse:
+            return None
+        return grad._indices()[0]
+
+
+class ImplicitMultiplier(Multiplier):
+    """A model that computes multipliers from constraint features (Narasimhan et al. 2020).
+
+    Subclasses implement :meth:`forward` (``features -> values``); the dual optimizer trains the model's
+    parameters through autograd on the dual Lagrangian. Keeping inequality multipliers non-negative is
+    the model's job (e.g. a softplus output); :meth:`post_step_` may also project parameters.
+    """
+
+    expects_constraint_features = True
+
+    @abc.abstractmethod
+    def forward(self, constraint_features: torch.Tensor) -> torch.Tensor:
+        """Return the multiplier values for the given constraint features."""
+
+    def post_step_(self) -> None:
+        """No projection by default."""
+
+
+def initial_multiplier_values(
+    num_constraints: int | None,
+    init: torch.Tensor | None,
+    device: torch.device | str | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Validate the constructor arguments of an explicit multiplier and return its initial values."""
+    if not dtype.is_floating_point:
+        raise TypeError(f"Multiplier: dtype must be a floating dtype, got {dtype}")
+    if init is None:
+        if num_constraints is None:
+            raise ValueError("Multiplier: give num_constraints or init (both are None)")
+        if isinstance(num_constraints, bool) or not isinstance(num_constraints, int) or num_constraints < 1:
+            raise ValueError(f"Multiplier: num_constraints must be a positive int, got {num_constraints!r}")
+        return torch.zeros(num_constraints, device=device, dtype=dtype)
+    if not isinstance(init, torch.Tensor):
+        raise TypeError(f"Multiplier: init must be a torch.Tensor, got {type(init).__name__}")
+    if init.dim() != 1:
+        raise ValueError(f"Multiplier: init must be 1-D of shape (num_constraints,), got shape {tuple(init.shape)}")
+    if num_constraints is not None and num_constraints != init.shape[0]:
+        raise ValueError(
+            f"Multiplier: num_constraints={num_constraints} does not match init of shape {tuple(init.shape)}"
+        )
+    if not bool(torch.isfinite(init).all()):
+        raise ValueError("Multiplier: init must be finite, got non-finite entries")
+    return init.detach().to(device=device, dtype=dtype).clone()

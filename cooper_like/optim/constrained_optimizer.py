@@ -1,0 +1,85 @@
+"""Base of the constrained optimizers: the dual step, its projection, restarts and penalty updates."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from cooper_like.constraint_state import ConstraintState
+from cooper_like.constraints import Constraint
+from cooper_like.multipliers import ExplicitMultiplier
+from cooper_like.optim.cooper_optimizer import CooperOptimizer
+from cooper_like.optim.dual_restarts import restart_feasible_entries_
+from cooper_like.optim.non_finite import NonFinitePolicy
+from cooper_like.penalty_coefficients import PenaltyCoefficientUpdater
+from cooper_like.problem import ConstrainedMinimizationProblem
+
+
+class ConstrainedOptimizer(CooperOptimizer):
+    """Base of the primal-dual schemes.
+
+    Args:
+        cmp: The problem.
+        primal_optimizers: Optimizer(s) of the model parameters.
+        dual_optimizers: Optimizer(s) of the multipliers; every param group must have ``maximize=True``.
+        penalty_coefficient_updater: Optional updater(s) that ``roll()`` applies after each dual step to
+            the constraints measured for it (opt-in; Cooper requires a manual call).
+        non_finite: ``"raise"`` (default), ``"skip"`` or ``"off"`` — see :class:`NonFiniteGuard`.
+    """
+
+    def __init__(
+        self,
+        cmp: ConstrainedMinimizationProblem,
+        primal_optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+        dual_optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
+        *,
+        penalty_coefficient_updater: PenaltyCoefficientUpdater | Sequence[PenaltyCoefficientUpdater] | None = None,
+        non_finite: NonFinitePolicy | str = NonFinitePolicy.RAISE,
+    ) -> None:
+        if dual_optimizers is None:
+            raise TypeError(f"{type(self).__name__} needs dual_optimizers (use UnconstrainedOptimizer otherwise)")
+        super().__init__(cmp, primal_optimizers, dual_optimizers, non_finite=non_finite)
+        assert self.dual_optimizers is not None
+        for index, optimizer in enumerate(self.dual_optimizers):
+            for group_index, group in enumerate(optimizer.param_groups):
+                if not group.get("maximize", False):
+                    raise ValueError(
+                        f"dual_optimizers[{index}] ({type(optimizer).__name__}) param group {group_index} has "
+                        "maximize=False: dual optimizers ascend on the Lagrangian, build them with maximize=True"
+                    )
+        if penalty_coefficient_updater is None:
+            self.penalty_coefficient_updaters: list[PenaltyCoefficientUpdater] = []
+        elif isinstance(penalty_coefficient_updater, PenaltyCoefficientUpdater):
+            self.penalty_coefficient_updaters = [penalty_coefficient_updater]
+        else:
+            self.penalty_coefficient_updaters = list(penalty_coefficient_updater)
+        for updater in self.penalty_coefficient_updaters:
+            if not isinstance(updater, PenaltyCoefficientUpdater):
+                raise TypeError(
+                    f"penalty_coefficient_updater must be PenaltyCoefficientUpdater(s), got {type(updater).__name__}"
+                )
+        self.custom_sanity_checks()
+
+    def custom_sanity_checks(self) -> None:
+        """Scheme-specific checks of the optimizers (none by default)."""
+
+    @torch.no_grad()
+    def dual_step(self) -> None:
+        r"""Step every dual optimizer, then restart (opt-in) and project the multipliers (:math:`\lambda \ge 0`)."""
+        assert self.dual_optimizers is not None
+        for optimizer in self.dual_optimizers:
+            optimizer.step()
+        self.post_process_multipliers()
+
+    def post_process_multipliers(self) -> None:
+        assert self.dual_optimizers is not None
+        for multiplier in dict.fromkeys(self.cmp.multipliers()):
+            if isinstance(multiplier, ExplicitMultiplier) and multiplier.restart_on_feasible:
+                restart_feasible_entries_(multiplier, self.dual_optimizers)
+            multiplier.post_step_()
+
+    def update_penalty_coefficients(self, observed_constraints: dict[Constraint, ConstraintState]) -> None:
+        """Apply the attached penalty-coefficient updaters (if any) to the measured constraints."""
+        for updater in self.penalty_coefficient_updaters:
+            updater.step(observed_constraints)

@@ -1,0 +1,134 @@
+"""The common frame of every optimizer: primal/dual torch optimizers around a problem, and checkpoints."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any, NamedTuple, TypedDict, TypeVar
+
+import torch
+
+from cooper_like.problem import CMPState, ConstrainedMinimizationProblem, LagrangianStore
+from cooper_like.optim.non_finite import NonFiniteGuard, NonFinitePolicy
+
+T = TypeVar("T")
+
+
+class CooperOptimizerState(TypedDict, total=False):
+    """A checkpoint of a :class:`CooperOptimizer` (``torch.load(weights_only=True)`` safe).
+
+    Keys: ``primal_optimizer_states`` and ``dual_optimizer_states`` (lists of torch optimizer
+    ``state_dict``\\ s; the latter ``None`` when unconstrained), ``skipped_steps`` (non-finite steps skipped).
+    """
+
+    primal_optimizer_states: list[dict[str, Any]]
+    dual_optimizer_states: list[dict[str, Any]] | None
+    skipped_steps: int
+
+
+class RollOut(NamedTuple):
+    """What ``roll()`` returns: the loss, the measured state and the two Lagrangians of the step."""
+
+    loss: torch.Tensor | None
+    cmp_state: CMPState
+    primal_lagrangian_store: LagrangianStore
+    dual_lagrangian_store: LagrangianStore
+
+
+def as_optimizer_list(optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer], role: str) -> list[torch.optim.Optimizer]:
+    """Wrap one optimizer into a list and check every entry is a ``torch.optim.Optimizer``."""
+    items = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
+    if not items:
+        raise ValueError(f"{role} must hold at least one torch.optim.Optimizer, got an empty sequence")
+    for item in items:
+        if not isinstance(item, torch.optim.Optimizer):
+            raise TypeError(f"{role} must be torch.optim.Optimizer instances, got {type(item).__name__}")
+    return items
+
+
+class CooperOptimizer(abc.ABC):
+    """Base of the constrained and unconstrained optimizers.
+
+    Args:
+        cmp: The problem; ``roll()`` calls its ``compute_cmp_state``.
+        primal_optimizers: Optimizer(s) of the model parameters.
+        dual_optimizers: Optimizer(s) of the multipliers (``maximize=True``), or ``None``.
+        non_finite: :class:`NonFinitePolicy` for NaN/Inf values: ``"raise"`` (default), ``"skip"``, ``"off"``.
+    """
+
+    def __init__(
+        self,
+        cmp: ConstrainedMinimizationProblem,
+        primal_optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+        dual_optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
+        *,
+        non_finite: NonFinitePolicy | str = NonFinitePolicy.RAISE,
+    ) -> None:
+        if not isinstance(cmp, ConstrainedMinimizationProblem):
+            raise TypeError(f"cmp must be a ConstrainedMinimizationProblem, got {type(cmp).__name__}")
+        self.cmp = cmp
+        self.primal_optimizers = as_optimizer_list(primal_optimizers, "primal_optimizers")
+        self.dual_optimizers = None if dual_optimizers is None else as_optimizer_list(dual_optimizers, "dual_optimizers")
+        self.guard = NonFiniteGuard(non_finite)
+
+    @property
+    def skipped_steps(self) -> int:
+        """Number of steps skipped because of non-finite values (``non_finite="skip"``)."""
+        return self.guard.skipped_steps
+
+    def zero_grad(self) -> None:
+        """Clear (set to ``None``) the gradients of the primal and dual parameters."""
+        for optimizer in self.primal_optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        for optimizer in self.dual_optimizers or ():
+            optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def primal_step(self) -> None:
+        """Step every primal optimizer."""
+        for optimizer in self.primal_optimizers:
+            optimizer.step()
+
+    def evaluate(self, compute_cmp_state_kwargs: dict[str, Any] | None) -> CMPState:
+        """Call ``cmp.compute_cmp_state(**kwargs)`` and check that it returned a :class:`CMPState`."""
+        cmp_state = self.cmp.compute_cmp_state(**(compute_cmp_state_kwargs or {}))
+        if not isinstance(cmp_state, CMPState):
+            raise TypeError(
+                f"{type(self.cmp).__name__}.compute_cmp_state must return a CMPState, got {type(cmp_state).__name__}"
+            )
+        return cmp_state
+
+    def state_dict(self) -> CooperOptimizerState:
+        """Primal and dual optimizer states (LR-scheduler state is saved by the scheduler itself)."""
+        return CooperOptimizerState(
+            primal_optimizer_states=[optimizer.state_dict() for optimizer in self.primal_optimizers],
+            dual_optimizer_states=None
+            if self.dual_optimizers is None
+            else [optimizer.state_dict() for optimizer in self.dual_optimizers],
+            skipped_steps=self.guard.skipped_steps,
+        )
+
+    def load_state_dict(self, state: CooperOptimizerState) -> None:
+        """Restore a :meth:`state_dict`; raise if the number of optimizers does not match."""
+        primal_states = state["primal_optimizer_states"]
+        dual_states = state.get("dual_optimizer_states")
+        if len(primal_states) != len(self.primal_optimizers):
+            raise ValueError(
+                f"state holds {len(primal_states)} primal optimizer states, "
+                f"this optimizer has {len(self.primal_optimizers)}"
+            )
+        if (dual_states is None) != (self.dual_optimizers is None) or (
+            dual_states is not None and self.dual_optimizers is not None and len(dual_states) != len(self.dual_optimizers)
+        ):
+            have = None if self.dual_optimizers is None else len(self.dual_optimizers)
+            got = None if dual_states is None else len(dual_states)
+            raise ValueError(f"state holds {got} dual optimizer states, this optimizer has {have}")
+        for optimizer, saved in zip(self.primal_optimizers, primal_states):
+            optimizer.load_state_dict(saved)
+        for optimizer, saved in zip(self.dual_optimizers or (), dual_states or ()):
+            optimizer.load_state_dict(saved)
+        self.guard.skipped_steps = int(state.get("skipped_steps", 0))
+
+    @abc.abstractmethod
+    def roll(self, *args: Any, **kwargs: Any) -> RollOut:
+        """One full update of the primal (and dual) variables."""

@@ -1,0 +1,41 @@
+"""Plain minimization through the same ``roll()`` interface."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from cooper_like.optim.cooper_optimizer import CooperOptimizer, RollOut
+from cooper_like.optim.non_finite import NonFinitePolicy
+from cooper_like.problem import ConstrainedMinimizationProblem, LagrangianStore
+
+
+class UnconstrainedOptimizer(CooperOptimizer):
+    """Minimizes the loss (plus any penalty terms) with the primal optimizer(s); no multipliers.
+
+    Args:
+        cmp: The problem.
+        primal_optimizers: Optimizer(s) of the model parameters.
+        non_finite: ``"raise"`` (default), ``"skip"`` or ``"off"``.
+    """
+
+    def __init__(
+        self,
+        cmp: ConstrainedMinimizationProblem,
+        primal_optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+        *,
+        non_finite: NonFinitePolicy | str = NonFinitePolicy.RAISE,
+    ) -> None:
+        super().__init__(cmp, primal_optimizers, None, non_finite=non_finite)
+
+    def roll(self, compute_cmp_state_kwargs: dict[str, Any] | None = None) -> RollOut:
+        """One primal step on the primal Lagrangian (the loss when there are no penalty terms)."""
+        self.zero_grad()
+        cmp_state = self.evaluate(compute_cmp_state_kwargs)
+        primal_store = cmp_state.compute_primal_lagrangian()
+        if self.guard.admits(cmp_state, primal_store):
+            primal_store.backward()
+            self.primal_step()
+        return RollOut(cmp_state.loss, cmp_state, primal_store, LagrangianStore())

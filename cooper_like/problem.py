@@ -1,0 +1,294 @@
+"""The problem a user writes (:class:`ConstrainedMinimizationProblem`) and what one evaluation of it
+returns (:class:`CMPState`), plus the Lagrangians built from that evaluation (:class:`LagrangianStore`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cooper_like.constraint_state import ConstraintState
+from cooper_like.constraints import Constraint
+from cooper_like.multipliers import ExplicitMultiplier, Multiplier
+from cooper_like.penalty_coefficients import PenaltyCoefficient
+
+
+@dataclass
+class DualGradient:
+    r"""A direct dual-gradient term: :math:`\partial \mathcal{L}_d / \partial \lambda = \tilde g` for ``multiplier``."""
+
+    multiplier: ExplicitMultiplier
+    violation: torch.Tensor
+    constraint_features: torch.Tensor | None
+
+
+@dataclass
+class LagrangianStore:
+    """A primal or dual Lagrangian with the multiplier and penalty values of the observed constraints.
+
+    Args:
+        lagrangian: The Lagrangian's value (``None`` when nothing contributes).
+        multiplier_values: Observed multiplier values, by constraint.
+        penalty_coefficient_values: Observed penalty coefficients, by constraint.
+    """
+
+    lagrangian: torch.Tensor | None = None
+    multiplier_values: dict[Constraint, torch.Tensor] = field(default_factory=dict)
+    penalty_coefficient_values: dict[Constraint, torch.Tensor] = field(default_factory=dict)
+    dual_gradients: list[DualGradient] = field(default_factory=list, repr=False)
+    autograd_part: torch.Tensor | None = field(default=None, repr=False)
+
+    def backward(self) -> None:
+        """Accumulate the Lagrangian's gradients.
+
+        Explicit multipliers receive their gradient (the strict violation) directly, without autograd;
+        everything else (the primal parameters, implicit multipliers) goes through ``autograd``.
+        """
+        for term in self.dual_gradients:
+            term.multiplier.add_dual_gradient_(term.violation, term.constraint_features)
+        if self.autograd_part is not None and self.autograd_part.requires_grad:
+            self.autograd_part.backward()
+
+    def observed_multiplier_values(self) -> Iterator[torch.Tensor]:
+        yield from self.multiplier_values.values()
+
+    def observed_penalty_coefficient_values(self) -> Iterator[torch.Tensor]:
+        yield from self.penalty_coefficient_values.values()
+
+
+def accumulate(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
+    """``total + term`` where ``None`` stands for an empty sum."""
+    return term if total is None else total + term
+
+
+@dataclass
+class CMPState:
+    """The loss and the observed constraints of a problem at one primal point.
+
+    Args:
+        loss: The objective :math:`f(\\theta)` (may be ``None``, e.g. from ``compute_violations``).
+        observed_constraints: Measured constraints: ``{constraint: ConstraintState}``.
+        misc: Anything else worth keeping (logits, accuracy, ...).
+    """
+
+    loss: torch.Tensor | None = None
+    observed_constraints: dict[Constraint, ConstraintState] = field(default_factory=dict)
+    misc: dict[str, Any] | None = None
+
+    def compute_primal_lagrangian(self) -> LagrangianStore:
+        r""":math:`\mathcal{L}_p = f + \sum_c \text{contribution}_c`, differentiable in the primal parameters."""
+        store = LagrangianStore()
+        lagrangian = self.loss
+        for constraint, state in self.observed_constraints.items():
+            contribution = constraint.compute_contribution_to_primal_lagrangian(state)
+            if contribution is None:
+                continue
+            lagrangian = accumulate(lagrangian, contribution.lagrangian_contribution)
+            record_values(store, constraint, contribution.multiplier_value, contribution.penalty_coefficient_value)
+        store.lagrangian = lagrangian
+        store.autograd_part = lagrangian
+        return store
+
+    def compute_dual_lagrangian(self) -> LagrangianStore:
+        r""":math:`\mathcal{L}_d = \sum_c \lambda_c^\top \tilde g_c`, differentiable in the multipliers (no loss term)."""
+        store = LagrangianStore()
+        for constraint, state in self.observed_constraints.items():
+            contribution = constraint.compute_contribution_to_dual_lagrangian(state)
+            if contribution is None:
+                continue
+            store.lagrangian = accumulate(store.lagrangian, contribution.lagrangian_contribution)
+            record_values(store, constraint, contribution.multiplier_value, contribution.penalty_coefficient_value)
+            multiplier = constraint.multiplier
+            if isinstance(multiplier, ExplicitMultiplier):
+                _, strict_violation = state.extract_violations(do_unsqueeze=False)
+                _, strict_features = state.extract_constraint_features()
+                store.dual_gradients.append(DualGradient(multiplier, strict_violation, strict_features))
+            else:
+                store.autograd_part = accumulate(store.autograd_part, contribution.lagrangian_contribution)
+        return store
+
+    def named_observed_violations(self) -> Iterator[tuple[str | None, torch.Tensor]]:
+        for constraint, state in self.observed_constraints.items():
+            yield constraint.name, state.violation
+
+    def named_observed_strict_violations(self) -> Iterator[tuple[str | None, torch.Tensor]]:
+        """Strict violations, falling back to the (detached) violation when none was given."""
+        for constraint, state in self.observed_constraints.items():
+            yield constraint.name, state.extract_violations(do_unsqueeze=False)[1]
+
+    def named_observed_constraint_features(self) -> Iterator[tuple[str | None, torch.Tensor | None]]:
+        for constraint, state in self.observed_constraints.items():
+            yield constraint.name, state.constraint_features
+
+    def named_observed_strict_constraint_features(self) -> Iterator[tuple[str | None, torch.Tensor | None]]:
+        for constraint, state in self.observed_constraints.items():
+            yield constraint.name, state.extract_constraint_features()[1]
+
+
+def record_values(
+    store: LagrangianStore,
+    constraint: Constraint,
+    multiplier_value: torch.Tensor | None,
+    penalty_value: torch.Tensor | None,
+) -> None:
+    if multiplier_value is not None:
+        store.multiplier_values[constraint] = multiplier_value
+    if penalty_value is not None:
+        store.penalty_coefficient_values[constraint] = penalty_value
+
+
+class ConstrainedMinimizationProblem(abc.ABC):
+    r"""A constrained problem :math:`\min_\theta f(\theta)` s.t. :math:`g(\theta) \le 0,\ h(\theta) = 0`.
+
+    Subclass it, assign each :class:`Constraint` as an attribute in ``__init__`` (that registers it),
+    and implement :meth:`compute_cmp_state`. Optionally implement :meth:`compute_violations` (used by
+    :class:`~cooper_like.optim.AlternatingPrimalDualOptimizer` to re-measure only the constraints).
+    """
+
+    def __init__(self) -> None:
+        self._constraints: dict[str, Constraint] = {}
+
+    # --- registration --------------------------------------------------------------------------------
+
+    def _registry(self) -> dict[str, Constraint]:
+        registry = self.__dict__.get("_constraints")
+        if registry is None:  # a subclass that skipped super().__init__()
+            registry = {}
+            object.__setattr__(self, "_constraints", registry)
+        return registry
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, Constraint):
+            registry = self._registry()
+            if name in registry:
+                raise ValueError(f"{type(self).__name__}: a constraint named {name!r} is already registered")
+            value.name = name
+            registry[name] = value
+        else:
+            super().__setattr__(name, value)
+
+    def __getattr__(self, name: str) -> Any:
+        registry = self.__dict__.get("_constraints")
+        if registry is not None and name in registry:
+            return registry[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        registry = self.__dict__.get("_constraints")
+        if registry is not None and name in registry:
+            del registry[name]
+        else:
+            super().__delattr__(name)
+
+    # --- iteration -----------------------------------------------------------------------------------
+
+    def named_constraints(self) -> Iterator[tuple[str, Constraint]]:
+        yield from self._registry().items()
+
+    def constraints(self) -> Iterator[Constraint]:
+        yield from self._registry().values()
+
+    def named_multipliers(self) -> Iterator[tuple[str, Multiplier]]:
+        for name, constraint in self.named_constraints():
+            if constraint.multiplier is not None:
+                yield name, constraint.multiplier
+
+    def multipliers(self) -> Iterator[Multiplier]:
+        for _, multiplier in self.named_multipliers():
+            yield multiplier
+
+    def named_penalty_coefficients(self) -> Iterator[tuple[str, PenaltyCoefficient]]:
+        for name, constraint in self.named_constraints():
+            if constraint.penalty_coefficient is not None:
+                yield name, constraint.penalty_coefficient
+
+    def penalty_coefficients(self) -> Iterator[PenaltyCoefficient]:
+        for _, coefficient in self.named_penalty_coefficients():
+            yield coefficient
+
+    def dual_parameters(self) -> Iterator[torch.nn.Parameter]:
+        """Parameters of the multipliers, each shared multiplier once, in registration order."""
+        for multiplier in dict.fromkeys(self.multipliers()):
+            yield from multiplier.parameters()
+
+    # --- devices and checkpoints --------------------------------------------------------------------
+
+    def to(self, *args: Any, **kwargs: Any) -> ConstrainedMinimizationProblem:
+        """Move/cast multipliers and penalty coefficients like ``nn.Module.to``."""
+        for multiplier in dict.fromkeys(self.multipliers()):
+            multiplier.to(*args, **kwargs)
+        for coefficient in dict.fromkeys(self.penalty_coefficients()):
+            coefficient.to(*args, **kwargs)
+        return self
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """Multiplier and penalty-coefficient states by constraint name (plain tensors: ``weights_only`` safe)."""
+        return {
+            "multipliers": {name: m.state_dict() for name, m in self.named_multipliers()},
+            "penalty_coefficients": {name: c.state_dict() for name, c in self.named_penalty_coefficients()},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, dict[str, Any]]) -> None:
+        """Restore what :meth:`state_dict` saved; raise on an unknown or missing constraint name."""
+        multipliers = dict(self.named_multipliers())
+        coefficients = dict(self.named_penalty_coefficients())
+        for kind, owned in (("multipliers", multipliers), ("penalty_coefficients", coefficients)):
+            saved = state_dict.get(kind, {})
+            unknown = sorted(set(saved) - set(owned))
+            missing = sorted(set(owned) - set(saved))
+            if unknown or missing:
+                raise KeyError(
+                    f"{type(self).__name__}.load_state_dict: {kind} do not match the problem "
+                    f"(unknown: {unknown}, missing: {missing})"
+                )
+        for name, saved_multiplier in state_dict.get("multipliers", {}).items():
+            multipliers[name].load_state_dict(saved_multiplier)
+            multipliers[name].sanity_check()
+        for name, saved_coefficient in state_dict.get("penalty_coefficients", {}).items():
+            coefficients[name].load_state_dict(saved_coefficient)
+
+    # --- what the user writes ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def compute_cmp_state(self, *args: Any, **kwargs: Any) -> CMPState:
+        """Evaluate the loss and the constraints at the current primal point (on a mini-batch, say)."""
+
+    def compute_violations(self, *args: Any, **kwargs: Any) -> CMPState:
+        """Evaluate only the constraints (``loss=None``); optional, see the class docstring."""
+        raise NotImplementedError
+
+    @staticmethod
+    def sanity_check_cmp_state(cmp_state: CMPState) -> None:
+        """Check a state's types and differentiability; raise naming the offending constraint.
+
+        Accepts any loss that is a differentiable scalar (leaf or not).
+        """
+        if not isinstance(cmp_state, CMPState):
+            raise TypeError(f"expected a CMPState, got {type(cmp_state).__name__}")
+        loss = cmp_state.loss
+        if loss is not None:
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise ValueError(f"CMPState.loss must be a scalar tensor, got {loss!r}")
+            if not loss.requires_grad:
+                raise ValueError("CMPState.loss does not require grad: it is not differentiable in the parameters")
+        for constraint, state in cmp_state.observed_constraints.items():
+            if not isinstance(constraint, Constraint) or not isinstance(state, ConstraintState):
+                raise TypeError(
+                    "CMPState.observed_constraints must map Constraint to ConstraintState, "
+                    f"got {type(constraint).__name__} -> {type(state).__name__}"
+                )
+            if state.contributes_to_primal_update and not state.violation.requires_grad:
+                raise ValueError(f"violation of constraint {constraint.name!r} does not require grad")
+            if state.strict_violation is not None and state.strict_violation.requires_grad:
+                raise ValueError(
+                    f"strict_violation of constraint {constraint.name!r} requires grad; detach it "
+                    "(it only drives the multipliers)"
+                )
+
+    def __repr__(self) -> str:
+        names = ", ".join(name for name, _ in self.named_constraints())
+        return f"{type(self).__name__}(constraints=[{names}])"
