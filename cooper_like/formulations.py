@@ -23,8 +23,10 @@ from cooper_like.penalty_coefficients import PenaltyCoefficient
 
 
 def lagrangian_term(multiplier_value: torch.Tensor, violation: torch.Tensor) -> torch.Tensor:
-    r""":math:`\sum_i \lambda_i g_i` (broadcasting a scalar :math:`\lambda` over :math:`g`)."""
-    return (multiplier_value.reshape(violation.shape) * violation).sum()
+    r""":math:`\sum_i \lambda_i g_i` (``multiplier_value`` has one entry per entry of ``violation``)."""
+    if multiplier_value.shape != violation.shape and violation.dim() > 0:
+        multiplier_value = multiplier_value.reshape(violation.shape)
+    return (multiplier_value * violation).sum()
 
 
 def quadratic_penalty_term(
@@ -82,6 +84,10 @@ class Formulation(abc.ABC):
 
     expects_multiplier: bool
     expects_penalty_coefficient: bool
+    #: The dual contribution is :math:`\lambda^\top \tilde g`, so an explicit multiplier's dual gradient is
+    #: the strict violation and is written without autograd. Custom formulations with another dual
+    #: contribution set this to ``False`` and go through autograd.
+    dual_gradient_is_violation: bool = True
 
     def __init__(self, constraint_type: ConstraintType) -> None:
         if not isinstance(constraint_type, ConstraintType):
@@ -146,9 +152,15 @@ def primal_multiplier_value(multiplier: Multiplier, state: ConstraintState) -> t
 
 
 def dual_multiplier_value(multiplier: Multiplier, violation: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
-    """Differentiable multiplier values matching a strict violation (after validating it)."""
+    """Multiplier values matching a strict violation (after validating it).
+
+    Explicit multipliers get their dual gradient written directly (see
+    :meth:`~cooper_like.LagrangianStore.backward`), so their values are detached snapshots; implicit
+    multipliers are differentiable.
+    """
     if isinstance(multiplier, ExplicitMultiplier):
         multiplier.check_observation(violation, features)
+        return multiplier.detached_value(features)
     return multiplier(features) if multiplier.expects_constraint_features else multiplier()
 
 

@@ -13,6 +13,7 @@ import torch
 
 from cooper_like.constraint_state import ConstraintState
 from cooper_like.constraints import Constraint
+from cooper_like.formulations import lagrangian_term
 from cooper_like.multipliers import ExplicitMultiplier, Multiplier
 from cooper_like.penalty_coefficients import PenaltyCoefficient
 
@@ -26,21 +27,55 @@ class DualGradient:
     constraint_features: torch.Tensor | None
 
 
-@dataclass
 class LagrangianStore:
     """A primal or dual Lagrangian with the multiplier and penalty values of the observed constraints.
 
     Args:
         lagrangian: The Lagrangian's value (``None`` when nothing contributes).
-        multiplier_values: Observed multiplier values, by constraint.
-        penalty_coefficient_values: Observed penalty coefficients, by constraint.
+        multiplier_values: Observed multiplier values (snapshots taken when the store was built).
+        penalty_coefficient_values: Observed penalty coefficients.
+
+    In the dual store, terms :math:`\\lambda^\\top \\tilde g` of explicit multipliers are summed only when
+    :attr:`lagrangian` is read (it is a report; their gradient is written directly by :meth:`backward`).
     """
 
-    lagrangian: torch.Tensor | None = None
-    multiplier_values: dict[Constraint, torch.Tensor] = field(default_factory=dict)
-    penalty_coefficient_values: dict[Constraint, torch.Tensor] = field(default_factory=dict)
-    dual_gradients: list[DualGradient] = field(default_factory=list, repr=False)
-    autograd_part: torch.Tensor | None = field(default=None, repr=False)
+    def __init__(
+        self,
+        lagrangian: torch.Tensor | None = None,
+        multiplier_values: dict[Constraint, torch.Tensor] | None = None,
+        penalty_coefficient_values: dict[Constraint, torch.Tensor] | None = None,
+    ) -> None:
+        self._lagrangian = lagrangian
+        self.multiplier_values: dict[Constraint, torch.Tensor] = multiplier_values or {}
+        self.penalty_coefficient_values: dict[Constraint, torch.Tensor] = penalty_coefficient_values or {}
+        self.dual_gradients: list[DualGradient] = []
+        self.autograd_part: torch.Tensor | None = None
+        self._deferred_terms: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def lagrangian(self) -> torch.Tensor | None:
+        """The Lagrangian's value."""
+        for multiplier_value, violation in self._deferred_terms:
+            self._lagrangian = accumulate(self._lagrangian, lagrangian_term(multiplier_value, violation))
+        self._deferred_terms.clear()
+        return self._lagrangian
+
+    @lagrangian.setter
+    def lagrangian(self, value: torch.Tensor | None) -> None:
+        self._deferred_terms.clear()
+        self._lagrangian = value
+
+    def add_dual_term(
+        self, constraint: Constraint, multiplier: ExplicitMultiplier, state: ConstraintState
+    ) -> None:
+        r"""Record an explicit multiplier's dual term: gradient :math:`\tilde g`, value :math:`\lambda^\top \tilde g`."""
+        _, strict_violation = state.extract_violations(do_unsqueeze=False)
+        _, strict_features = state.extract_constraint_features()
+        multiplier.check_observation(strict_violation, strict_features)
+        snapshot = multiplier.detached_value(strict_features)
+        self.multiplier_values[constraint] = snapshot
+        self._deferred_terms.append((snapshot, strict_violation))
+        self.dual_gradients.append(DualGradient(multiplier, strict_violation, strict_features))
 
     def backward(self) -> None:
         """Accumulate the Lagrangian's gradients.
@@ -58,6 +93,10 @@ class LagrangianStore:
 
     def observed_penalty_coefficient_values(self) -> Iterator[torch.Tensor]:
         yield from self.penalty_coefficient_values.values()
+
+    def __repr__(self) -> str:
+        names = [constraint.name for constraint in self.multiplier_values]
+        return f"LagrangianStore(lagrangian={self.lagrangian}, constraints={names})"
 
 
 def accumulate(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
@@ -97,18 +136,18 @@ class CMPState:
         r""":math:`\mathcal{L}_d = \sum_c \lambda_c^\top \tilde g_c`, differentiable in the multipliers (no loss term)."""
         store = LagrangianStore()
         for constraint, state in self.observed_constraints.items():
+            multiplier = constraint.multiplier
+            if not state.contributes_to_dual_update or multiplier is None:
+                continue
+            if isinstance(multiplier, ExplicitMultiplier) and constraint.formulation.dual_gradient_is_violation:
+                store.add_dual_term(constraint, multiplier, state)
+                continue
             contribution = constraint.compute_contribution_to_dual_lagrangian(state)
             if contribution is None:
                 continue
             store.lagrangian = accumulate(store.lagrangian, contribution.lagrangian_contribution)
+            store.autograd_part = accumulate(store.autograd_part, contribution.lagrangian_contribution)
             record_values(store, constraint, contribution.multiplier_value, contribution.penalty_coefficient_value)
-            multiplier = constraint.multiplier
-            if isinstance(multiplier, ExplicitMultiplier):
-                _, strict_violation = state.extract_violations(do_unsqueeze=False)
-                _, strict_features = state.extract_constraint_features()
-                store.dual_gradients.append(DualGradient(multiplier, strict_violation, strict_features))
-            else:
-                store.autograd_part = accumulate(store.autograd_part, contribution.lagrangian_contribution)
         return store
 
     def named_observed_violations(self) -> Iterator[tuple[str | None, torch.Tensor]]:

@@ -73,9 +73,11 @@ class ConstrainedOptimizer(CooperOptimizer):
         self.post_process_multipliers()
 
     def post_process_multipliers(self) -> None:
+        """Restart (where enabled) and project every multiplier of the problem."""
         assert self.dual_optimizers is not None
         for multiplier in dict.fromkeys(self.cmp.multipliers()):
-            if isinstance(multiplier, ExplicitMultiplier) and multiplier.restart_on_feasible:
+            if getattr(multiplier, "restart_on_feasible", False):
+                assert isinstance(multiplier, ExplicitMultiplier)
                 restart_feasible_entries_(multiplier, self.dual_optimizers)
             multiplier.post_step_()
 

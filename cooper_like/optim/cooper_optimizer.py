@@ -81,7 +81,9 @@ class CooperOptimizer(abc.ABC):
         for optimizer in self.primal_optimizers:
             optimizer.zero_grad(set_to_none=True)
         for optimizer in self.dual_optimizers or ():
-            optimizer.zero_grad(set_to_none=True)
+            for group in optimizer.param_groups:  # what zero_grad(set_to_none=True) does, minus its overhead
+                for parameter in group["params"]:
+                    parameter.grad = None
 
     @torch.no_grad()
     def primal_step(self) -> None:

@@ -262,6 +262,19 @@ class ExtragradientOptimizer(torch.optim.Optimizer):
                     _remember_origin(param, state, None)
                     param.add_(update)
 
+    @torch.no_grad()
+    def cancel_extrapolation(self) -> None:
+        r"""Returns every parameter to its remembered iterate :math:`\theta_t` and forgets it.
+
+        Use it to abandon an extrapolation (e.g. when the look-ahead loss is not finite). Statistics
+        that :meth:`extrapolation` updated (momentum buffers, Adam moments and step count) are kept. A
+        no-op when nothing is remembered.
+        """
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param in self.state:
+                    _restore_origin(param, self.state[param])
+
     def _has_origin(self) -> bool:
         return any(
             param in self.state and _ORIGIN in self.state[param]

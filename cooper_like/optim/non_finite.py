@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 import warnings
 
 import torch
@@ -39,6 +40,30 @@ def non_finite_measurements(cmp_state: CMPState) -> list[str]:
     return found or ["a Lagrangian value"]
 
 
+def values_to_check(
+    cmp_state: CMPState, primal_store: LagrangianStore | None, dual_store: LagrangianStore | None
+) -> list[torch.Tensor]:
+    r"""The fewest tensors whose sums are all finite iff the step's measurements are.
+
+    The primal Lagrangian covers the loss, the violations and the multipliers that enter it
+    (:math:`0 \cdot \infty` is NaN); strict violations and the measurements left out of it are added.
+    """
+    values = []
+    if primal_store is not None and primal_store.lagrangian is not None:
+        values.append(primal_store.lagrangian)
+    elif cmp_state.loss is not None:
+        values.append(cmp_state.loss)
+    in_primal = primal_store is not None
+    for state in cmp_state.observed_constraints.values():
+        if state.strict_violation is not None:
+            values.append(state.strict_violation)
+        if not (in_primal and state.contributes_to_primal_update):
+            values.append(state.violation)
+    if dual_store is not None and dual_store.autograd_part is not None:
+        values.append(dual_store.autograd_part)
+    return values
+
+
 class NonFiniteGuard:
     r"""Checks one step's Lagrangians before anything is updated.
 
@@ -62,22 +87,20 @@ class NonFiniteGuard:
         self.skipped_steps = 0
         self._pending: tuple[torch.Tensor, torch.Event] | None = None
 
-    def admits(self, cmp_state: CMPState, *stores: LagrangianStore) -> bool:
+    def admits(
+        self, cmp_state: CMPState, primal_store: LagrangianStore | None = None, dual_store: LagrangianStore | None = None
+    ) -> bool:
         """``True`` if the step may proceed; raises or returns ``False`` (skip) otherwise."""
         if self.policy is NonFinitePolicy.OFF:
             return True
-        total: torch.Tensor | None = None
-        for store in stores:
-            if store.lagrangian is not None:
-                value = store.lagrangian.detach()
-                total = value if total is None else total + value
-        if total is None:
+        values = values_to_check(cmp_state, primal_store, dual_store)
+        if not values:
             return True
-        if total.device.type != "cpu" and self.policy is NonFinitePolicy.RAISE:
+        if values[0].device.type != "cpu" and self.policy is NonFinitePolicy.RAISE:
             self._check_pending()
-            self._defer(torch.isfinite(total))
+            self._defer(torch.isfinite(torch.stack([value.detach().sum() for value in values]).sum()))
             return True
-        if bool(torch.isfinite(total)):
+        if all(math.isfinite(value.detach().sum().item()) for value in values):
             return True
         culprits = ", ".join(non_finite_measurements(cmp_state))
         if self.policy is NonFinitePolicy.RAISE:

@@ -180,7 +180,7 @@ def _is_all_zero(gain: Gain) -> bool:
     return gain == 0
 
 
-def _check_hyperparameters(group: Mapping[str, Any]) -> int:
+def _check_hyperparameters(group: Mapping[str, Any], stacklevel: int) -> int:
     """Validates one (merged) parameter group and returns its ``init_type`` as a plain int."""
     lr = group["lr"]
     if lr < 0:
@@ -192,11 +192,14 @@ def _check_hyperparameters(group: Mapping[str, Any]) -> int:
     if not 0.0 <= ema_nu < 1.0:
         raise ValueError(f"nuPI: ema_nu must be in [0, 1), got {ema_nu}")
     for name in ("Kp", "Ki"):
-        lowest = _min_entry(group[name])
+        gain = group[name]
+        lowest = _min_entry(gain)
         if lowest < 0:
-            raise ValueError(f"nuPI: {name} must be >= 0 in every entry, got {name} with minimum {lowest}")
+            if isinstance(gain, torch.Tensor) and gain.numel() > 1:
+                raise ValueError(f"nuPI: {name} must be >= 0 in every entry, got an entry equal to {lowest}")
+            raise ValueError(f"nuPI: {name} must be >= 0, got {lowest}")
     if _is_all_zero(group["Kp"]) and _is_all_zero(group["Ki"]):
-        warnings.warn("nuPI: Kp and Ki are both zero, so the parameters will never move", stacklevel=4)
+        warnings.warn("nuPI: Kp and Ki are both zero, so the parameters will never move", stacklevel=stacklevel)
     return _normalise_init_type(group["init_type"])
 
 
@@ -312,7 +315,10 @@ class nuPI(torch.optim.Optimizer):
             "init_type": _normalise_init_type(init_type),
             "maximize": maximize,
         }
+        # Frames between a warning and the user's call: two more while the constructor adds the groups.
+        self._warning_stacklevel = 5
         super().__init__(params, defaults)
+        self._warning_stacklevel = 3
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Validates the group's hyperparameters, then adds it like ``torch.optim.Optimizer`` does.
@@ -320,7 +326,8 @@ class nuPI(torch.optim.Optimizer):
         Raises:
             ValueError: See the class docstring.
         """
-        param_group["init_type"] = _check_hyperparameters({**self.defaults, **param_group})
+        merged = {**self.defaults, **param_group}
+        param_group["init_type"] = _check_hyperparameters(merged, getattr(self, "_warning_stacklevel", 3))
         super().add_param_group(param_group)
         try:
             _check_gain_shapes(self.param_groups[-1])
