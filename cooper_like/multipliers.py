@@ -110,12 +110,12 @@ class ExplicitMultiplier(Multiplier):
 
     @abc.abstractmethod
     def observed_rows(self) -> torch.Tensor | None:
-        """Rows touched by the current gradient (``None`` means every row)."""
+        """Rows touched by the current dual gradient (``None`` means every row)."""
 
     @torch.no_grad()
     def post_step_(self) -> None:
         r"""Project inequality multipliers onto :math:`\lambda \ge 0` (observed rows only when known)."""
-        if self.constraint_type != ConstraintType.INEQUALITY:
+        if self.constraint_type != ConstraintType.INEQUALITY or self.weight.grad is None:
             return
         rows = self.observed_rows()
         if rows is None:
@@ -182,6 +182,7 @@ class IndexedMultiplier(ExplicitMultiplier):
         super().__init__(num_constraints, init, device, dtype, restart_on_feasible=restart_on_feasible)
         self.weight.data = self.weight.data.unsqueeze(-1)
         self.sparse_grad = sparse_grad
+        self._observed_rows: torch.Tensor | None = None
 
     def _rows(self, constraint_features: torch.Tensor | None) -> torch.Tensor:
         if constraint_features is None:
@@ -224,16 +225,21 @@ class IndexedMultiplier(ExplicitMultiplier):
         values = violation.detach().reshape(-1, 1).to(self.weight.dtype)
         gradient: torch.Tensor
         if self.sparse_grad:
-            gradient = torch.sparse_coo_tensor(rows.unsqueeze(0), values, size=self.weight.shape)
+            gradient = torch.sparse_coo_tensor(
+                rows.unsqueeze(0), values, size=self.weight.shape, check_invariants=False
+            )
         else:
             gradient = torch.zeros_like(self.weight).index_add_(0, rows, values)
-        self.weight.grad = gradient if self.weight.grad is None else self.weight.grad + gradient
+        if self.weight.grad is None:
+            self.weight.grad, self._observed_rows = gradient, rows
+        else:
+            self.weight.grad = self.weight.grad + gradient
+            previous = self._observed_rows
+            self._observed_rows = rows if previous is None else torch.cat([previous, rows])
 
     def observed_rows(self) -> torch.Tensor | None:
-        grad = self.weight.grad
-        if grad is None or not grad.is_sparse:
-            return None
-        return grad._indices()[0]
+        """The ids observed since the gradient was last cleared (possibly repeated)."""
+        return self._observed_rows
 
 
 class ImplicitMultiplier(Multiplier):

@@ -199,7 +199,9 @@ def _check_hyperparameters(group: Mapping[str, Any], stacklevel: int) -> int:
                 raise ValueError(f"nuPI: {name} must be >= 0 in every entry, got an entry equal to {lowest}")
             raise ValueError(f"nuPI: {name} must be >= 0, got {lowest}")
     if _is_all_zero(group["Kp"]) and _is_all_zero(group["Ki"]):
-        warnings.warn("nuPI: Kp and Ki are both zero, so the parameters will never move", stacklevel=stacklevel)
+        warnings.warn(
+            "nuPI: Kp and Ki are both zero, so the parameters will never move", stacklevel=stacklevel
+        )
     return _normalise_init_type(group["init_type"])
 
 

@@ -1,0 +1,180 @@
+"""Helpers shared by the benchmark scripts in this folder (not a benchmark itself).
+
+Imported as ``_common`` by scripts run as files (``python benchmarks/<script>.py``): the
+script's folder is then first on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import importlib
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+
+def import_library(name: str) -> tuple[ModuleType | None, str]:
+    """Import ``name`` (and its ``optim``/``multipliers`` submodules); return (module or None, note)."""
+    try:
+        module = importlib.import_module(name)
+        importlib.import_module(f"{name}.optim")
+        importlib.import_module(f"{name}.multipliers")
+    except Exception as exc:  # any import-time failure means "not available"
+        return None, f"`import {name}` failed ({type(exc).__name__}: {exc})"
+    version = getattr(module, "__version__", "unknown")
+    return module, f"{name} {version}"
+
+
+def run_interleaved(
+    steps: dict[str, Callable[[], None]],
+    repeats: int,
+    steps_per_block: int,
+    max_repeats: dict[str, int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, list[float]]:
+    """Time ``steps`` round-robin and return per-step times in microseconds, one per repeat.
+
+    Each repeat runs one block of ``steps_per_block`` calls of every step function in turn;
+    the order is rotated by one position per repeat so that no method always runs first
+    (or right after the same neighbour).  The garbage collector is run before and disabled
+    during each block.  ``max_repeats[name]`` caps the number of blocks of a slow method: it
+    takes part in the first ``max_repeats[name]`` repeats only.
+    """
+    names = list(steps)
+    caps = max_repeats or {}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(repeats):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            if rep >= caps.get(name, repeats):
+                continue
+            step = steps[name]
+            gc.collect()
+            gc.disable()
+            try:
+                start = time.perf_counter_ns()
+                for _ in range(steps_per_block):
+                    step()
+                elapsed = time.perf_counter_ns() - start
+            finally:
+                gc.enable()
+            times[name].append(elapsed / steps_per_block / 1e3)
+        if progress is not None:
+            progress(rep)
+    return times
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def spread(values: Sequence[float]) -> str:
+    """Inter-quartile range as a compact ``[q1, q3]`` string (``-`` when too few samples)."""
+    if len(values) < 4:
+        return "-"
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return f"[{q1:.0f}, {q3:.0f}]"
+
+
+def peak_rss_mib() -> float:
+    """Process-lifetime peak resident set size (``ru_maxrss``) in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def mem_available_bytes() -> int | None:
+    """``MemAvailable`` from ``/proc/meminfo`` when readable (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _git_head() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=BENCH_DIR,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not available)"
+    return out.stdout.strip() if out.returncode == 0 else "unknown (no commit yet?)"
+
+
+def _cpu_model() -> str:
+    name = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return name or platform.machine()
+
+
+def environment_lines(notes: Sequence[str] = ()) -> list[str]:
+    """Markdown bullet lines describing where and how the benchmark ran."""
+    uname = platform.uname()
+    lines = [
+        f"- date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}",
+        f"- command: `{shlex.join([Path(sys.executable).name, *sys.argv])}`",
+        f"- git HEAD: {_git_head()}",
+        f"- machine: {uname.system} {uname.release} {uname.machine}; processor: {_cpu_model()}; "
+        f"logical CPUs: {os.cpu_count()}",
+        f"- python {platform.python_version()}, torch {torch.__version__}, "
+        f"torch threads: {torch.get_num_threads()}",
+    ]
+    lines += [f"- {note}" for note in notes]
+    return lines
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*row) for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Bundled data files (package data, read through ``importlib.resources``); see PROVENANCE.md."""
