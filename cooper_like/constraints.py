@@ -56,16 +56,22 @@ class Constraint:
     @name.setter
     def name(self, name: str) -> None:
         if self._name is not None and self._name != name:
-            raise ValueError(f"Constraint is already registered as {self._name!r}; cannot rename it to {name!r}")
+            raise ValueError(
+                f"Constraint is already registered as {self._name!r}; cannot rename it to {name!r}"
+            )
         self._name = name
 
-    def compute_contribution_to_primal_lagrangian(self, constraint_state: ConstraintState) -> ContributionStore | None:
+    def compute_contribution_to_primal_lagrangian(
+        self, constraint_state: ConstraintState
+    ) -> ContributionStore | None:
         """This constraint's contribution to the primal Lagrangian."""
         return self.formulation.compute_contribution_to_primal_lagrangian(
             constraint_state, self.multiplier, self.penalty_coefficient
         )
 
-    def compute_contribution_to_dual_lagrangian(self, constraint_state: ConstraintState) -> ContributionStore | None:
+    def compute_contribution_to_dual_lagrangian(
+        self, constraint_state: ConstraintState
+    ) -> ContributionStore | None:
         """This constraint's contribution to the dual Lagrangian."""
         return self.formulation.compute_contribution_to_dual_lagrangian(
             constraint_state, self.multiplier, self.penalty_coefficient
@@ -82,7 +88,11 @@ class Constraint:
         raise ValueError(f"primal_or_dual must be 'primal' or 'dual', got {primal_or_dual!r}")
 
     def __repr__(self) -> str:
-        parts = [f"name={self._name!r}", f"constraint_type={self.constraint_type}", f"formulation={self.formulation}"]
+        parts = [
+            f"name={self._name!r}",
+            f"constraint_type={self.constraint_type}",
+            f"formulation={self.formulation}",
+        ]
         if self.multiplier is not None:
             parts.append(f"multiplier={self.multiplier}")
         if self.penalty_coefficient is not None:

@@ -52,7 +52,9 @@ def augmented_lagrangian_term(
     """
     multiplier_value = multiplier_value.reshape(violation.shape)
     if constraint_type == ConstraintType.EQUALITY:
-        return (multiplier_value * violation).sum() + quadratic_penalty_term(penalty_value, violation, constraint_type)
+        return (multiplier_value * violation).sum() + quadratic_penalty_term(
+            penalty_value, violation, constraint_type
+        )
     penalty_value = penalty_value.expand_as(violation) if penalty_value.dim() == 0 else penalty_value
     penalty_value = penalty_value.reshape(violation.shape)
     is_positive = penalty_value > 0
@@ -102,7 +104,9 @@ class Formulation(abc.ABC):
     def sanity_check_multiplier(self, multiplier: Multiplier | None) -> None:
         """Raise unless a multiplier is given exactly when the formulation uses one."""
         if self.expects_multiplier and multiplier is None:
-            raise ValueError(f"{type(self).__name__} needs a multiplier: pass multiplier=... to the Constraint")
+            raise ValueError(
+                f"{type(self).__name__} needs a multiplier: pass multiplier=... to the Constraint"
+            )
         if not self.expects_multiplier and multiplier is not None:
             raise ValueError(f"{type(self).__name__} has no multiplier: got multiplier={multiplier!r}")
         if multiplier is not None and not isinstance(multiplier, Multiplier):
@@ -151,7 +155,9 @@ def primal_multiplier_value(multiplier: Multiplier, state: ConstraintState) -> t
         return multiplier(state.constraint_features)
 
 
-def dual_multiplier_value(multiplier: Multiplier, violation: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+def dual_multiplier_value(
+    multiplier: Multiplier, violation: torch.Tensor, features: torch.Tensor | None
+) -> torch.Tensor:
     """Multiplier values matching a strict violation (after validating it).
 
     Explicit multipliers get their dual gradient written directly (see

@@ -186,7 +186,9 @@ class IndexedMultiplier(ExplicitMultiplier):
 
     def _rows(self, constraint_features: torch.Tensor | None) -> torch.Tensor:
         if constraint_features is None:
-            raise ValueError("IndexedMultiplier: constraint_features (the observed constraint ids) are required")
+            raise ValueError(
+                "IndexedMultiplier: constraint_features (the observed constraint ids) are required"
+            )
         if constraint_features.dtype not in (torch.int64, torch.int32):
             raise TypeError(
                 "IndexedMultiplier: constraint_features must be an integer tensor (torch.long), "
@@ -197,7 +199,9 @@ class IndexedMultiplier(ExplicitMultiplier):
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         """Return the differentiable multiplier values of the rows ``indices``."""
         rows = self._rows(indices)
-        return torch.nn.functional.embedding(rows, self.weight, sparse=self.sparse_grad).reshape(indices.shape)
+        return torch.nn.functional.embedding(rows, self.weight, sparse=self.sparse_grad).reshape(
+            indices.shape
+        )
 
     def detached_value(self, constraint_features: torch.Tensor | None = None) -> torch.Tensor:
         rows = self._rows(constraint_features)
@@ -278,7 +282,9 @@ def initial_multiplier_values(
     if not isinstance(init, torch.Tensor):
         raise TypeError(f"Multiplier: init must be a torch.Tensor, got {type(init).__name__}")
     if init.dim() != 1:
-        raise ValueError(f"Multiplier: init must be 1-D of shape (num_constraints,), got shape {tuple(init.shape)}")
+        raise ValueError(
+            f"Multiplier: init must be 1-D of shape (num_constraints,), got shape {tuple(init.shape)}"
+        )
     if num_constraints is not None and num_constraints != init.shape[0]:
         raise ValueError(
             f"Multiplier: num_constraints={num_constraints} does not match init of shape {tuple(init.shape)}"

@@ -179,7 +179,11 @@ class FeasibilityDrivenPenaltyCoefficientUpdater(PenaltyCoefficientUpdater):
             measure = strict_violation.reshape(-1).abs()
         else:
             current, initial = coefficient.value, coefficient.init
-            measure = strict_violation.norm() if current.dim() == 0 else strict_violation.abs().reshape(current.shape)
+            measure = (
+                strict_violation.norm()
+                if current.dim() == 0
+                else strict_violation.abs().reshape(current.shape)
+            )
 
         new = torch.where(measure > self.violation_tolerance, self.grown(current), current)
         if self.has_restart and constraint.constraint_type == ConstraintType.INEQUALITY:
@@ -207,7 +211,9 @@ class MultiplicativePenaltyCoefficientUpdater(FeasibilityDrivenPenaltyCoefficien
     ) -> None:
         super().__init__(violation_tolerance, has_restart)
         if not growth_factor >= 1.0:
-            raise ValueError(f"MultiplicativePenaltyCoefficientUpdater: growth_factor must be >= 1, got {growth_factor}")
+            raise ValueError(
+                f"MultiplicativePenaltyCoefficientUpdater: growth_factor must be >= 1, got {growth_factor}"
+            )
         self.growth_factor = growth_factor
 
     def grown(self, value: torch.Tensor) -> torch.Tensor:
@@ -223,7 +229,9 @@ class AdditivePenaltyCoefficientUpdater(FeasibilityDrivenPenaltyCoefficientUpdat
         has_restart: Reset inequality coefficients to their initial value when feasible.
     """
 
-    def __init__(self, increment: float = 1.0, violation_tolerance: float = 1e-4, has_restart: bool = True) -> None:
+    def __init__(
+        self, increment: float = 1.0, violation_tolerance: float = 1e-4, has_restart: bool = True
+    ) -> None:
         super().__init__(violation_tolerance, has_restart)
         if not increment >= 0.0:
             raise ValueError(f"AdditivePenaltyCoefficientUpdater: increment must be >= 0, got {increment}")

@@ -127,7 +127,9 @@ class CMPState:
             if contribution is None:
                 continue
             lagrangian = accumulate(lagrangian, contribution.lagrangian_contribution)
-            record_values(store, constraint, contribution.multiplier_value, contribution.penalty_coefficient_value)
+            record_values(
+                store, constraint, contribution.multiplier_value, contribution.penalty_coefficient_value
+            )
         store.lagrangian = lagrangian
         store.autograd_part = lagrangian
         return store
@@ -139,7 +141,10 @@ class CMPState:
             multiplier = constraint.multiplier
             if not state.contributes_to_dual_update or multiplier is None:
                 continue
-            if isinstance(multiplier, ExplicitMultiplier) and constraint.formulation.dual_gradient_is_violation:
+            if (
+                isinstance(multiplier, ExplicitMultiplier)
+                and constraint.formulation.dual_gradient_is_violation
+            ):
                 store.add_dual_term(constraint, multiplier, state)
                 continue
             contribution = constraint.compute_contribution_to_dual_lagrangian(state)
@@ -147,7 +152,9 @@ class CMPState:
                 continue
             store.lagrangian = accumulate(store.lagrangian, contribution.lagrangian_contribution)
             store.autograd_part = accumulate(store.autograd_part, contribution.lagrangian_contribution)
-            record_values(store, constraint, contribution.multiplier_value, contribution.penalty_coefficient_value)
+            record_values(
+                store, constraint, contribution.multiplier_value, contribution.penalty_coefficient_value
+            )
         return store
 
     def named_observed_violations(self) -> Iterator[tuple[str | None, torch.Tensor]]:
@@ -313,7 +320,9 @@ class ConstrainedMinimizationProblem(abc.ABC):
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 raise ValueError(f"CMPState.loss must be a scalar tensor, got {loss!r}")
             if not loss.requires_grad:
-                raise ValueError("CMPState.loss does not require grad: it is not differentiable in the parameters")
+                raise ValueError(
+                    "CMPState.loss does not require grad: it is not differentiable in the parameters"
+                )
         for constraint, state in cmp_state.observed_constraints.items():
             if not isinstance(constraint, Constraint) or not isinstance(state, ConstraintState):
                 raise TypeError(

@@ -29,10 +29,12 @@ optimizer = cooper.optim.SimultaneousOptimizer(
     primal_optimizers=torch.optim.SGD([weights], lr=0.05),
     dual_optimizers=torch.optim.SGD(problem.dual_parameters(), lr=0.5, maximize=True),
 )
-for step in range(1000):
+for _ in range(1000):
     roll_out = optimizer.roll(compute_cmp_state_kwargs={"weights": weights})
 
 norm_squared = weights.detach().pow(2).sum().item()
 multiplier = problem.norm.multiplier.weight.item()
-print(f"loss {roll_out.loss.item():.4f}  ||w||^2 {norm_squared:.4f} (bound 0.01)  multiplier {multiplier:.4f}")
+print(
+    f"loss {roll_out.loss.item():.4f}  ||w||^2 {norm_squared:.4f} (bound 0.01)  multiplier {multiplier:.4f}"
+)
 assert abs(norm_squared - 0.01) < 1e-3 and multiplier > 0

@@ -153,7 +153,8 @@ def test_constraint_argument_checks() -> None:
         )
     with pytest.raises(ValueError, match="primal_or_dual must be 'primal' or 'dual'"):
         TwoConstraints().first.compute_contribution_to_lagrangian(
-            cooper.ConstraintState(torch.zeros(2)), "both"  # type: ignore[arg-type]
+            cooper.ConstraintState(torch.zeros(2)),
+            "both",  # type: ignore[arg-type]
         )
 
 
@@ -163,7 +164,9 @@ def test_constraint_state_checks() -> None:
     with pytest.raises(TypeError, match="strict_violation must be a torch.Tensor or None, got int"):
         cooper.ConstraintState(violation=torch.zeros(1), strict_violation=1)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="strict_constraint_features was given without strict_violation"):
-        cooper.ConstraintState(violation=torch.zeros(1), strict_constraint_features=torch.zeros(1, dtype=torch.long))
+        cooper.ConstraintState(
+            violation=torch.zeros(1), strict_constraint_features=torch.zeros(1, dtype=torch.long)
+        )
     state = cooper.ConstraintState(violation=torch.tensor(2.0))
     violation, strict = state.extract_violations()
     assert violation.shape == (1,) and torch.equal(strict, torch.tensor([2.0]))

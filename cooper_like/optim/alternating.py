@@ -59,7 +59,9 @@ class AlternatingPrimalDualOptimizer(ConstrainedOptimizer):
         return RollOut(loss, new_state, primal_store, dual_store)
 
     def measure_violations(
-        self, compute_cmp_state_kwargs: dict[str, Any] | None, compute_violations_kwargs: dict[str, Any] | None
+        self,
+        compute_cmp_state_kwargs: dict[str, Any] | None,
+        compute_violations_kwargs: dict[str, Any] | None,
     ) -> CMPState:
         if not overrides_compute_violations(self.cmp):
             return self.evaluate(compute_cmp_state_kwargs)

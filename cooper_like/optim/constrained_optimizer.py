@@ -34,11 +34,15 @@ class ConstrainedOptimizer(CooperOptimizer):
         primal_optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
         dual_optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
         *,
-        penalty_coefficient_updater: PenaltyCoefficientUpdater | Sequence[PenaltyCoefficientUpdater] | None = None,
+        penalty_coefficient_updater: PenaltyCoefficientUpdater
+        | Sequence[PenaltyCoefficientUpdater]
+        | None = None,
         non_finite: NonFinitePolicy | str = NonFinitePolicy.RAISE,
     ) -> None:
         if dual_optimizers is None:
-            raise TypeError(f"{type(self).__name__} needs dual_optimizers (use UnconstrainedOptimizer otherwise)")
+            raise TypeError(
+                f"{type(self).__name__} needs dual_optimizers (use UnconstrainedOptimizer otherwise)"
+            )
         super().__init__(cmp, primal_optimizers, dual_optimizers, non_finite=non_finite)
         assert self.dual_optimizers is not None
         for index, optimizer in enumerate(self.dual_optimizers):

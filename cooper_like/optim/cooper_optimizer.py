@@ -8,8 +8,8 @@ from typing import Any, NamedTuple, TypedDict, TypeVar
 
 import torch
 
-from cooper_like.problem import CMPState, ConstrainedMinimizationProblem, LagrangianStore
 from cooper_like.optim.non_finite import NonFiniteGuard, NonFinitePolicy
+from cooper_like.problem import CMPState, ConstrainedMinimizationProblem, LagrangianStore
 
 T = TypeVar("T")
 
@@ -35,7 +35,9 @@ class RollOut(NamedTuple):
     dual_lagrangian_store: LagrangianStore
 
 
-def as_optimizer_list(optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer], role: str) -> list[torch.optim.Optimizer]:
+def as_optimizer_list(
+    optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer], role: str
+) -> list[torch.optim.Optimizer]:
     """Wrap one optimizer into a list and check every entry is a ``torch.optim.Optimizer``."""
     items = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
     if not items:
@@ -68,7 +70,9 @@ class CooperOptimizer(abc.ABC):
             raise TypeError(f"cmp must be a ConstrainedMinimizationProblem, got {type(cmp).__name__}")
         self.cmp = cmp
         self.primal_optimizers = as_optimizer_list(primal_optimizers, "primal_optimizers")
-        self.dual_optimizers = None if dual_optimizers is None else as_optimizer_list(dual_optimizers, "dual_optimizers")
+        self.dual_optimizers = (
+            None if dual_optimizers is None else as_optimizer_list(dual_optimizers, "dual_optimizers")
+        )
         self.guard = NonFiniteGuard(non_finite)
 
     @property
@@ -120,7 +124,9 @@ class CooperOptimizer(abc.ABC):
                 f"this optimizer has {len(self.primal_optimizers)}"
             )
         if (dual_states is None) != (self.dual_optimizers is None) or (
-            dual_states is not None and self.dual_optimizers is not None and len(dual_states) != len(self.dual_optimizers)
+            dual_states is not None
+            and self.dual_optimizers is not None
+            and len(dual_states) != len(self.dual_optimizers)
         ):
             have = None if self.dual_optimizers is None else len(self.dual_optimizers)
             got = None if dual_states is None else len(dual_states)

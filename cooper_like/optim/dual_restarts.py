@@ -10,7 +10,9 @@ from cooper_like.multipliers import ExplicitMultiplier
 
 
 @torch.no_grad()
-def restart_feasible_entries_(multiplier: ExplicitMultiplier, dual_optimizers: Sequence[torch.optim.Optimizer]) -> None:
+def restart_feasible_entries_(
+    multiplier: ExplicitMultiplier, dual_optimizers: Sequence[torch.optim.Optimizer]
+) -> None:
     r"""Set :math:`\lambda_i = 0` where the observed strict violation :math:`\tilde g_i \le 0`.
 
     The strict violation is read from ``weight.grad`` (for an explicit multiplier it *is* the dual

@@ -25,7 +25,10 @@ class ExtrapolationConstrainedOptimizer(ConstrainedOptimizer):
     """
 
     def custom_sanity_checks(self) -> None:
-        for role, optimizers in (("primal_optimizers", self.primal_optimizers), ("dual_optimizers", self.dual_optimizers)):
+        for role, optimizers in (
+            ("primal_optimizers", self.primal_optimizers),
+            ("dual_optimizers", self.dual_optimizers),
+        ):
             for optimizer in optimizers or ():
                 if not callable(getattr(optimizer, "extrapolation", None)):
                     raise TypeError(
@@ -50,7 +53,7 @@ class ExtrapolationConstrainedOptimizer(ConstrainedOptimizer):
     def cancel_extrapolation(self) -> None:
         """Return every parameter to the point the pending extrapolation started from."""
         for optimizer in [*self.primal_optimizers, *(self.dual_optimizers or ())]:
-            optimizer.cancel_extrapolation()  # type: ignore[attr-defined]
+            optimizer.cancel_extrapolation()
 
     def roll(self, compute_cmp_state_kwargs: dict[str, Any] | None = None) -> RollOut:
         """Extrapolation half-step, then the update; returns the measurement at :math:`(\\theta_t, \\lambda_t)`."""

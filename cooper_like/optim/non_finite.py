@@ -88,7 +88,10 @@ class NonFiniteGuard:
         self._pending: tuple[torch.Tensor, torch.Event] | None = None
 
     def admits(
-        self, cmp_state: CMPState, primal_store: LagrangianStore | None = None, dual_store: LagrangianStore | None = None
+        self,
+        cmp_state: CMPState,
+        primal_store: LagrangianStore | None = None,
+        dual_store: LagrangianStore | None = None,
     ) -> bool:
         """``True`` if the step may proceed; raises or returns ``False`` (skip) otherwise."""
         if self.policy is NonFinitePolicy.OFF:
@@ -127,4 +130,6 @@ class NonFiniteGuard:
             return
         self._pending = None
         if not bool(host):
-            raise NonFiniteError("non-finite value in the previous step (checked asynchronously on the device)")
+            raise NonFiniteError(
+                "non-finite value in the previous step (checked asynchronously on the device)"
+            )
