@@ -17,9 +17,17 @@ from cooper_like.multipliers import DenseMultiplier, ImplicitMultiplier, Indexed
         ({"num_constraints": 2.5}, ValueError, "num_constraints must be a positive int, got 2.5"),
         ({"init": [1.0]}, TypeError, "init must be a torch.Tensor, got list"),
         ({"init": torch.zeros(2, 2)}, ValueError, r"init must be 1-D .* got shape \(2, 2\)"),
-        ({"num_constraints": 3, "init": torch.zeros(2)}, ValueError, r"num_constraints=3 does not match init"),
+        (
+            {"num_constraints": 3, "init": torch.zeros(2)},
+            ValueError,
+            r"num_constraints=3 does not match init",
+        ),
         ({"init": torch.tensor([0.0, float("nan")])}, ValueError, "init must be finite"),
-        ({"num_constraints": 2, "dtype": torch.int64}, TypeError, "dtype must be a floating dtype, got torch.int64"),
+        (
+            {"num_constraints": 2, "dtype": torch.int64},
+            TypeError,
+            "dtype must be a floating dtype, got torch.int64",
+        ),
     ],
 )
 def test_construction_errors(kwargs, error, message) -> None:
@@ -29,14 +37,18 @@ def test_construction_errors(kwargs, error, message) -> None:
 
 def test_inequality_multiplier_must_start_non_negative() -> None:
     with pytest.raises(ValueError, match="must be >= 0, got min -1.0"):
-        cooper.Constraint(cooper.ConstraintType.INEQUALITY, multiplier=DenseMultiplier(init=torch.tensor([-1.0])))
+        cooper.Constraint(
+            cooper.ConstraintType.INEQUALITY, multiplier=DenseMultiplier(init=torch.tensor([-1.0]))
+        )
     # an equality multiplier may be negative
     cooper.Constraint(cooper.ConstraintType.EQUALITY, multiplier=DenseMultiplier(init=torch.tensor([-1.0])))
 
 
 def test_restarts_only_for_inequalities() -> None:
     with pytest.raises(ValueError, match="restart_on_feasible=True only applies to inequality"):
-        cooper.Constraint(cooper.ConstraintType.EQUALITY, multiplier=DenseMultiplier(2, restart_on_feasible=True))
+        cooper.Constraint(
+            cooper.ConstraintType.EQUALITY, multiplier=DenseMultiplier(2, restart_on_feasible=True)
+        )
 
 
 def test_dense_values_are_snapshots() -> None:
@@ -61,12 +73,16 @@ def test_dense_dual_gradient_is_a_copy_of_the_violation() -> None:
 
 
 def test_dense_shape_mismatch_names_both_sizes() -> None:
-    with pytest.raises(ValueError, match=r"violation has 3 entries \(shape \(3,\)\) but the multiplier has 2"):
+    with pytest.raises(
+        ValueError, match=r"violation has 3 entries \(shape \(3,\)\) but the multiplier has 2"
+    ):
         DenseMultiplier(num_constraints=2).check_observation(torch.zeros(3), None)
 
 
 def test_projection_of_dense_inequality_multiplier() -> None:
-    constraint = cooper.Constraint(cooper.ConstraintType.INEQUALITY, multiplier=DenseMultiplier(num_constraints=2))
+    constraint = cooper.Constraint(
+        cooper.ConstraintType.INEQUALITY, multiplier=DenseMultiplier(num_constraints=2)
+    )
     multiplier = constraint.multiplier
     assert isinstance(multiplier, DenseMultiplier)
     with torch.no_grad():
@@ -81,7 +97,8 @@ def test_projection_of_dense_inequality_multiplier() -> None:
 @pytest.mark.parametrize("sparse_grad", [True, False])
 def test_indexed_gradient_and_projection_touch_observed_rows_only(sparse_grad: bool) -> None:
     constraint = cooper.Constraint(
-        cooper.ConstraintType.INEQUALITY, multiplier=IndexedMultiplier(init=torch.zeros(6), sparse_grad=sparse_grad)
+        cooper.ConstraintType.INEQUALITY,
+        multiplier=IndexedMultiplier(init=torch.zeros(6), sparse_grad=sparse_grad),
     )
     multiplier = constraint.multiplier
     assert isinstance(multiplier, IndexedMultiplier) and multiplier.weight.shape == (6, 1)
@@ -97,9 +114,7 @@ def test_indexed_gradient_and_projection_touch_observed_rows_only(sparse_grad: b
     optimizer.step()
     multiplier.post_step_()
     # rows 0 and 4 were not observed: left alone (still negative) although the multiplier is projected
-    assert torch.equal(
-        multiplier.weight.detach().flatten(), torch.tensor([-5.0, 0.0, 0.2, 2.3, -5.0, 0.5])
-    )
+    assert torch.equal(multiplier.weight.detach().flatten(), torch.tensor([-5.0, 0.0, 0.2, 2.3, -5.0, 0.5]))
 
 
 def test_indexed_values_and_feature_checks() -> None:
@@ -115,7 +130,9 @@ def test_indexed_values_and_feature_checks() -> None:
         multiplier.check_observation(torch.zeros(2), torch.tensor([-1, 2]))
     with pytest.raises(IndexError, match=r"must lie in \[0, 5\), got values in \[0, 5\]"):
         multiplier.check_observation(torch.zeros(2), torch.tensor([0, 5]))
-    with pytest.raises(ValueError, match=r"violation shape \(3,\) does not match constraint_features shape \(2,\)"):
+    with pytest.raises(
+        ValueError, match=r"violation shape \(3,\) does not match constraint_features shape \(2,\)"
+    ):
         multiplier.check_observation(torch.zeros(3), torch.tensor([0, 1]))
 
 

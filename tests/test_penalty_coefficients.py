@@ -55,7 +55,10 @@ def test_indexed_coefficient() -> None:
 @pytest.mark.parametrize(
     ("factory", "message"),
     [
-        (lambda: MultiplicativePenaltyCoefficientUpdater(growth_factor=0.5), "growth_factor must be >= 1, got 0.5"),
+        (
+            lambda: MultiplicativePenaltyCoefficientUpdater(growth_factor=0.5),
+            "growth_factor must be >= 1, got 0.5",
+        ),
         (lambda: AdditivePenaltyCoefficientUpdater(increment=-1.0), "increment must be >= 0, got -1.0"),
         (
             lambda: MultiplicativePenaltyCoefficientUpdater(violation_tolerance=-1e-3),
@@ -159,5 +162,7 @@ def test_coefficient_state_dict_and_to() -> None:
     coefficient.value = torch.tensor([3.0, 4.0])
     fresh = DensePenaltyCoefficient(torch.tensor([1.0, 2.0]))
     fresh.load_state_dict(coefficient.state_dict())
-    assert torch.equal(fresh.value, torch.tensor([3.0, 4.0])) and torch.equal(fresh.init, torch.tensor([1.0, 2.0]))
+    assert torch.equal(fresh.value, torch.tensor([3.0, 4.0])) and torch.equal(
+        fresh.init, torch.tensor([1.0, 2.0])
+    )
     assert fresh.to(torch.float64).value.dtype == torch.float64

@@ -188,7 +188,7 @@ def _apply(param: torch.Tensor, update: torch.Tensor) -> torch.Tensor | None:
 
 def _sparse_rows_update(rows: torch.Tensor, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     indices = rows.unsqueeze(0)
-    return torch.sparse_coo_tensor(indices, values, like.shape, is_coalesced=True)
+    return torch.sparse_coo_tensor(indices, values, like.shape, is_coalesced=True, check_invariants=False)
 
 
 # ---------------------------------------------------------------------------------------------------
