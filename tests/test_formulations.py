@@ -104,5 +104,5 @@ def test_dual_store_reports_lambda_t_times_strict_violation() -> None:
         problem.sum_constraint.multiplier.weight.fill_(7.0)
     assert dual.lagrangian is not None and dual.lagrangian.item() == pytest.approx(2.0 * 2.0)
     assert dual.multiplier_values[problem.sum_constraint].item() == 2.0
-    assert list(dual.observed_multiplier_values())[0].item() == 2.0
+    assert next(iter(dual.observed_multiplier_values())).item() == 2.0
     assert "sum_constraint" in repr(dual)
