@@ -43,7 +43,7 @@ class AlternatingPrimalDualOptimizer(ConstrainedOptimizer):
         self.zero_grad()
         cmp_state = self.evaluate(compute_cmp_state_kwargs)
         primal_store = cmp_state.compute_primal_lagrangian()
-        if not self.guard.admits(cmp_state, primal_store):
+        if not self.guard.admits(cmp_state, primal_store, None):
             return RollOut(cmp_state.loss, cmp_state, primal_store, cmp_state.compute_dual_lagrangian())
         primal_store.backward()
         self.primal_step()
@@ -51,7 +51,7 @@ class AlternatingPrimalDualOptimizer(ConstrainedOptimizer):
         with torch.no_grad():
             new_state = self.measure_violations(compute_cmp_state_kwargs, compute_violations_kwargs)
         dual_store = new_state.compute_dual_lagrangian()
-        if self.guard.admits(new_state, dual_store):
+        if self.guard.admits(new_state, None, dual_store):
             dual_store.backward()
             self.dual_step()
             self.update_penalty_coefficients(new_state.observed_constraints)
@@ -93,13 +93,14 @@ class AlternatingDualPrimalOptimizer(ConstrainedOptimizer):
         self.zero_grad()
         cmp_state = self.evaluate(compute_cmp_state_kwargs)
         dual_store = cmp_state.compute_dual_lagrangian()
-        if not self.guard.admits(cmp_state, dual_store):
+        # no primal store yet: the guard checks the loss and every violation before anything moves
+        if not self.guard.admits(cmp_state, None, dual_store):
             return RollOut(cmp_state.loss, cmp_state, cmp_state.compute_primal_lagrangian(), dual_store)
         dual_store.backward()
         self.dual_step()
         self.update_penalty_coefficients(cmp_state.observed_constraints)
         primal_store = cmp_state.compute_primal_lagrangian()
-        if self.guard.admits(cmp_state, primal_store):
+        if self.guard.admits(cmp_state, primal_store, None):
             primal_store.backward()
             self.primal_step()
         return RollOut(cmp_state.loss, cmp_state, primal_store, dual_store)
