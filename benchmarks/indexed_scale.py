@@ -19,8 +19,9 @@ What is measured
     * Cooper 1.0.1 with SGD as baseline when ``import cooper`` works (its projection touches
       every entry; its repeats are capped at N >= 1e6 and it is skipped at 1e8).
 
-    For every N, all configurations and a reference instance of each at N = 1e3 are timed
-    round-robin (blocks of ``--steps-per-block`` steps, order rotated per repeat) with
+    For every N, the configurations and a reference instance of each at N = 1e3 are timed
+    round-robin (blocks of ``--steps-per-block`` steps, order rotated per repeat; the configurations
+    with a target form one round-robin, the O(N) ones, dense mode and baseline, another) with
     ``torch.set_num_threads(1)``.  Reported: median per-step time over repeats, the ratio
     time(N) / time(1e3) as the median of per-repeat ratios against the reference timed in the
     same round (IQR in brackets), the bytes held by the multiplier (weight, gradient and dual
@@ -286,7 +287,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, full, small in (
         ("repeats", 20, 5),
         ("steps_per_block", 20, 5),
-        ("warmup", 10, 3),
+        ("warmup", 10, 5),
         ("check_steps", 20, 10),
     ):
         if getattr(args, name) is None:
@@ -358,15 +359,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"N={n:.0e}: building {len(active)} configurations", file=sys.stderr)
         try:
             insts = refs if n == REFERENCE_N else {c: build(c, n) for c in active}
-            steps: dict[str, Callable[[], None]] = {}
-            caps: dict[str, int] = {}
-            for c in active:
-                steps[f"N:{c}"] = insts[c].step
-                if n != REFERENCE_N:
-                    steps[f"ref:{c}"] = refs[c].step
-                if c.role == "baseline" and n >= 10**6:
-                    caps[f"N:{c}"] = caps[f"ref:{c}"] = min(args.baseline_max_repeats, args.repeats)
-            times = run_interleaved(steps, args.repeats, args.steps_per_block, max_repeats=caps)
+            times: dict[str, list[float]] = {}
+            # Configurations with a target run in their own round-robin, away from the O(N) ones
+            # (dense gradients, the baseline), whose large allocations per step perturb their neighbours.
+            for group in ([c for c in active if c.has_target], [c for c in active if not c.has_target]):
+                steps: dict[str, Callable[[], None]] = {}
+                caps: dict[str, int] = {}
+                for c in group:
+                    steps[f"N:{c}"] = insts[c].step
+                    if n != REFERENCE_N:
+                        steps[f"ref:{c}"] = refs[c].step
+                    if c.role == "baseline" and n >= 10**6:
+                        caps[f"N:{c}"] = caps[f"ref:{c}"] = min(args.baseline_max_repeats, args.repeats)
+                if steps:
+                    times |= run_interleaved(steps, args.repeats, args.steps_per_block, max_repeats=caps)
         except (MemoryError, RuntimeError) as exc:
             msg = f"N={n:.0e} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             print(f"note: {msg}")

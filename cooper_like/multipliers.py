@@ -147,8 +147,11 @@ class DenseMultiplier(ExplicitMultiplier):
             )
 
     def add_dual_gradient_(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
+        gradient = violation.detach()
+        if gradient.shape != self.weight.shape:
+            gradient = gradient.reshape(self.weight.shape)
         # A copy, so that in-place edits of the gradient (clipping, ...) never alter the user's tensor.
-        gradient = violation.detach().reshape(self.weight.shape).to(self.weight.dtype, copy=True)
+        gradient = gradient.clone() if gradient.dtype == self.weight.dtype else gradient.to(self.weight.dtype)
         self.weight.grad = gradient if self.weight.grad is None else self.weight.grad + gradient
 
     def observed_rows(self) -> torch.Tensor | None:

@@ -123,7 +123,9 @@ class CMPState:
         store = LagrangianStore()
         lagrangian = self.loss
         for constraint, state in self.observed_constraints.items():
-            contribution = constraint.compute_contribution_to_primal_lagrangian(state)
+            contribution = constraint.formulation.compute_contribution_to_primal_lagrangian(
+                state, constraint.multiplier, constraint.penalty_coefficient
+            )
             if contribution is None:
                 continue
             lagrangian = accumulate(lagrangian, contribution.lagrangian_contribution)

@@ -1,0 +1,82 @@
+"""The configuration of a sparsity run: every CLI flag is a validated field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from problems.scaffold.config import TrainConfig
+
+Method = Literal["constrained", "penalized", "magnitude"]
+
+
+class SparsityConfig(TrainConfig):
+    """A training run of the sparsity problem (``python -m problems.sparsity train``).
+
+    The defaults are the recommended setting, the same for every target: simultaneous GDA on the
+    Lagrangian with dual restarts, the multiplier driven by the test-time density, Adam on the
+    weights (1e-3) and on log α (2e-2, no momentum: β₁ = 0, so the gates stop as soon as the
+    multiplier restarts).
+    """
+
+    model: Literal["mlp", "lenet", "tiny"] = Field(default="mlp", description="network")
+    dataset: Literal["mnist5k", "digits"] = Field(default="mnist5k", description="data set")
+    target_density: list[float] = Field(
+        default=[0.3], description="target density, or one per layer (comma-separated) with --layerwise"
+    )
+    layerwise: bool = Field(default=False, description="one density constraint per layer")
+    granularity: Literal["weight", "neuron"] = Field(
+        default="weight", description="gate per weight or per neuron/channel"
+    )
+    method: Method = Field(
+        default="constrained", description="constrained, penalized (lambda * E[L0]) or magnitude pruning"
+    )
+    lmbda: float = Field(default=0.05, ge=0, description="penalty weight of the penalized method")
+    formulation: Literal["lagrangian", "augmented-lagrangian"] = Field(
+        default="lagrangian", description="formulation"
+    )
+    scheme: Literal["simultaneous", "alternating", "extrapolation"] = Field(
+        default="simultaneous", description="update scheme"
+    )
+    dual_optimizer: Literal["sgd", "nupi"] = Field(default="sgd", description="multiplier updater")
+    dual_lr: float = Field(default=0.05, gt=0, description="dual learning rate")
+    nupi_kp: float = Field(default=1.0, ge=0, description="proportional gain of nuPI")
+    strict: Literal["test-time", "expected"] = Field(
+        default="test-time", description="density that drives the multiplier"
+    )
+    dual_restarts: bool = Field(default=True, description="reset a multiplier to 0 when its constraint holds")
+    lr: float = Field(default=1e-3, gt=0, description="Adam learning rate of the weights")
+    gate_lr: float = Field(default=2e-2, gt=0, description="Adam learning rate of log alpha")
+    gate_beta1: float = Field(default=0.0, ge=0, lt=1, description="Adam beta1 of log alpha")
+    droprate_init: float = Field(default=0.5, gt=0, lt=1, description="initial drop rate of the gates")
+    finetune_epochs: int = Field(default=10, ge=0, description="fine-tuning epochs after magnitude pruning")
+    epochs: int = Field(default=30, ge=1, description="training epochs")
+    resume: Path | None = Field(default=None, description="directory of a run to resume")
+    out: Path = Field(default=Path("runs/sparsity"), description="output directory")
+
+    @field_validator("target_density", mode="before")
+    @classmethod
+    def _split_targets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part for part in value.split(",") if part.strip()]
+        if isinstance(value, (int, float)):
+            return [value]
+        return value
+
+    @field_validator("target_density")
+    @classmethod
+    def _targets_in_range(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("give at least one target density")
+        for target in value:
+            if not 0.0 < target <= 1.0:
+                raise ValueError(f"target densities must lie in (0, 1], got {target}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SparsityConfig:
+        if not self.layerwise and len(self.target_density) != 1:
+            raise ValueError(f"target_density: one value without --layerwise, got {self.target_density}")
+        return self

@@ -1,0 +1,202 @@
+"""Sweeps: many runs (targets x methods x seeds), resumable, summarised as a markdown table.
+
+Each run lives in ``OUT/runs/<name>/``; a run whose ``metrics.json`` exists is skipped, a run with a
+checkpoint resumes from it, so a sweep can be stopped and restarted (or left running in the
+background across sessions) without losing work. The penalized baseline is calibrated by a λ
+bisection per target (one seed, model-wise): the number of full training runs it needs to land within
+±1 point of the target is the *cost of control* that one constrained run replaces.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from problems.scaffold.checkpoints import atomic_write_text
+from problems.sparsity.config import SparsityConfig
+
+TOLERANCE = 0.01  # ±1 percentage point of density
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a sweep."""
+
+    model: str
+    target: float
+    method: str
+    seed: int
+    layerwise: bool = False
+    lmbda: float | None = None
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        parts = [
+            self.model,
+            "layer" if self.layerwise else "model",
+            f"t{self.target:g}",
+            self.method,
+            f"s{self.seed}",
+        ]
+        if self.lmbda is not None:
+            parts.append(f"l{self.lmbda:.6g}")
+        parts += [f"{key}-{value}" for key, value in self.overrides]
+        return "_".join(parts)
+
+    def config(self, root: Path, epochs: int | None) -> SparsityConfig:
+        out = root / "runs" / self.name
+        values: dict[str, Any] = {
+            "model": self.model,
+            "target_density": [self.target],
+            "method": self.method,
+            "seed": self.seed,
+            "layerwise": self.layerwise,
+            "out": out,
+            **dict(self.overrides),
+        }
+        if self.lmbda is not None:
+            values["lmbda"] = self.lmbda
+        if epochs is not None:
+            values["epochs"] = epochs
+        if (out / "checkpoint.pt").exists():
+            values["resume"] = out
+        return SparsityConfig(**values)
+
+
+def run_once(spec: RunSpec, root: Path, epochs: int | None) -> dict[str, Any]:
+    """Train ``spec`` unless its metrics exist; return its metrics."""
+    metrics_path = root / "runs" / spec.name / "metrics.json"
+    if metrics_path.exists():
+        return dict(json.loads(metrics_path.read_text()))
+    from problems.sparsity.train import train
+
+    return train(spec.config(root, epochs))
+
+
+def run_all(
+    specs: Iterable[RunSpec], root: Path, epochs: int | None, jobs: int
+) -> dict[RunSpec, dict[str, Any]]:
+    specs = list(specs)
+    if jobs <= 1:
+        return {spec: run_once(spec, root, epochs) for spec in specs}
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        results = pool.map(run_once, specs, [root] * len(specs), [epochs] * len(specs))
+        return dict(zip(specs, results))
+
+
+def bisect_lambda(
+    model: str,
+    target: float,
+    root: Path,
+    epochs: int | None,
+    low: float = 1e-3,
+    high: float = 10.0,
+    max_runs: int = 10,
+) -> list[tuple[float, dict[str, Any]]]:
+    """Bisect λ (in log space) of the penalized method until the test-time density is within ±1 point.
+
+    Density decreases as λ grows. Returns every (λ, metrics) tried, in order.
+    """
+    tried: list[tuple[float, dict[str, Any]]] = []
+    for _ in range(max_runs):
+        lmbda = math.sqrt(low * high)
+        metrics = run_once(RunSpec(model, target, "penalized", 0, lmbda=round(lmbda, 8)), root, epochs)
+        tried.append((lmbda, metrics))
+        density = metrics["test_time_density"]
+        if abs(density - target) <= TOLERANCE:
+            break
+        if density > target:
+            low = lmbda
+        else:
+            high = lmbda
+    return tried
+
+
+def summarize(
+    results: dict[RunSpec, dict[str, Any]],
+    bisections: dict[tuple[str, float], list[tuple[float, dict[str, Any]]]],
+) -> str:
+    """A markdown table: control (test-time vs target), accuracy against the baselines, cost of control."""
+    lines = [
+        "| model | constraint | target | test-time density (mean, per seed) | max abs dev (pts) | within ±1 pt | "
+        "expected density | acc constrained | acc penalized (λ, runs) | acc magnitude |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(s.model, s.layerwise, s.target) for s in results if s.method == "constrained"})
+    for model, layerwise, target in keys:
+        runs = [
+            m
+            for s, m in results.items()
+            if (s.model, s.layerwise, s.target, s.method) == (model, layerwise, target, "constrained")
+        ]
+        magnitude = [
+            m
+            for s, m in results.items()
+            if (s.model, s.layerwise, s.target, s.method) == (model, layerwise, target, "magnitude")
+        ]
+        deviations = [worst_deviation(m, target, layerwise) for m in runs]
+        densities = [m["test_time_density"] for m in runs]
+        penalized = "—"
+        if not layerwise and (model, target) in bisections:
+            tried = bisections[(model, target)]
+            lmbda, best = tried[-1]
+            landed = abs(best["test_time_density"] - target) <= TOLERANCE
+            penalized = f"{100 * best['test_accuracy']:.2f} (λ={lmbda:.3g}, {len(tried)} runs{'' if landed else ', not landed'})"
+        magnitude_cell = (
+            f"{100 * statistics.mean(m['test_accuracy'] for m in magnitude):.2f}" if magnitude else "—"
+        )
+        lines.append(
+            f"| {model} | {'layer-wise' if layerwise else 'model-wise'} | {target:g} | "
+            f"{statistics.mean(densities):.4f} ({', '.join(f'{d:.4f}' for d in densities)}) | "
+            f"{100 * max(deviations):.2f} | {'yes' if max(deviations) <= TOLERANCE else 'NO'} | "
+            f"{statistics.mean(m['expected_density'] for m in runs):.4f} | "
+            f"{100 * statistics.mean(m['test_accuracy'] for m in runs):.2f} | {penalized} | {magnitude_cell} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def worst_deviation(metrics: dict[str, Any], target: float, layerwise: bool) -> float:
+    """Largest |density - target| over the model (model-wise) or over every layer (layer-wise)."""
+    if layerwise:
+        return max(abs(value - target) for value in metrics["per_layer_density"].values())
+    return abs(metrics["test_time_density"] - target)
+
+
+def sweep(
+    root: Path,
+    models: list[str],
+    targets: list[float],
+    seeds: list[int],
+    methods: list[str],
+    layerwise: list[bool],
+    epochs: int | None = None,
+    jobs: int = 1,
+    bisect: bool = True,
+) -> str:
+    """Run the grid (skipping finished runs), the λ bisections, and write ``OUT/table.md``."""
+    root.mkdir(parents=True, exist_ok=True)
+    specs = [
+        RunSpec(model, target, method, seed, lw)
+        for model in models
+        for lw in layerwise
+        for target in targets
+        for method in methods
+        if method != "penalized"
+        for seed in seeds
+    ]
+    results = run_all(specs, root, epochs, jobs)
+    bisections = {}
+    if bisect and "penalized" in methods:
+        for model in models:
+            for target in targets:
+                bisections[(model, target)] = bisect_lambda(model, target, root, epochs)
+    table = summarize(results, bisections)
+    atomic_write_text(root / "table.md", table)
+    return table
