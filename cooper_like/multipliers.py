@@ -72,6 +72,7 @@ class ExplicitMultiplier(Multiplier):
         super().__init__()
         self.weight = torch.nn.Parameter(initial_multiplier_values(num_constraints, init, device, dtype))
         self.restart_on_feasible = restart_on_feasible
+        self._snapshot: tuple[torch.Tensor | None, tuple[int, int], torch.Tensor] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -96,9 +97,25 @@ class ExplicitMultiplier(Multiplier):
                 f"{type(self).__name__}: restart_on_feasible=True only applies to inequality constraints"
             )
 
-    @abc.abstractmethod
     def detached_value(self, constraint_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Return the observed multiplier values as a new tensor outside the autograd graph."""
+        """The observed multiplier values, as a snapshot outside the autograd graph.
+
+        Memoised while ``weight`` is unchanged (same storage, same version counter — every in-place
+        update bumps it) and the features are the same tensor, so the primal and dual Lagrangians of
+        one measurement share one snapshot.
+        """
+        weight = self.weight
+        key = (weight._version, weight.data_ptr())
+        cached = self._snapshot
+        if cached is not None and cached[0] is constraint_features and cached[1] == key:
+            return cached[2]
+        value = self.snapshot(constraint_features)
+        object.__setattr__(self, "_snapshot", (constraint_features, key, value))  # skip nn.Module.__setattr__
+        return value
+
+    @abc.abstractmethod
+    def snapshot(self, constraint_features: torch.Tensor | None) -> torch.Tensor:
+        """A new tensor with the current values of the observed multipliers."""
 
     @abc.abstractmethod
     def check_observation(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
@@ -115,13 +132,14 @@ class ExplicitMultiplier(Multiplier):
     @torch.no_grad()
     def post_step_(self) -> None:
         r"""Project inequality multipliers onto :math:`\lambda \ge 0` (observed rows only when known)."""
-        if self.constraint_type != ConstraintType.INEQUALITY or self.weight.grad is None:
+        weight = self.weight
+        if self.constraint_type != ConstraintType.INEQUALITY or weight.grad is None:
             return
         rows = self.observed_rows()
         if rows is None:
-            self.weight.clamp_(min=0)
+            weight.clamp_(min=0)
         else:
-            self.weight.index_copy_(0, rows, self.weight.index_select(0, rows).clamp_(min=0))
+            weight.index_copy_(0, rows, weight.index_select(0, rows).clamp_(min=0))
 
     def extra_repr(self) -> str:
         return f"num_constraints={self.num_constraints}"
@@ -136,23 +154,25 @@ class DenseMultiplier(ExplicitMultiplier):
         """Return a differentiable copy of all multiplier values."""
         return self.weight.clone()
 
-    def detached_value(self, constraint_features: torch.Tensor | None = None) -> torch.Tensor:
+    def snapshot(self, constraint_features: torch.Tensor | None) -> torch.Tensor:
         return self.weight.detach().clone()
 
     def check_observation(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
-        if violation.numel() != self.weight.numel():
+        expected = self.weight.shape[0]
+        if violation.numel() != expected:
             raise ValueError(
                 f"DenseMultiplier: violation has {violation.numel()} entries (shape {tuple(violation.shape)}) "
-                f"but the multiplier has {self.weight.numel()}"
+                f"but the multiplier has {expected}"
             )
 
     def add_dual_gradient_(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
+        weight = self.weight
         gradient = violation.detach()
-        if gradient.shape != self.weight.shape:
-            gradient = gradient.reshape(self.weight.shape)
+        if gradient.shape != weight.shape:
+            gradient = gradient.reshape(weight.shape)
         # A copy, so that in-place edits of the gradient (clipping, ...) never alter the user's tensor.
-        gradient = gradient.clone() if gradient.dtype == self.weight.dtype else gradient.to(self.weight.dtype)
-        self.weight.grad = gradient if self.weight.grad is None else self.weight.grad + gradient
+        gradient = gradient.clone() if gradient.dtype == weight.dtype else gradient.to(weight.dtype)
+        weight.grad = gradient if weight.grad is None else weight.grad + gradient
 
     def observed_rows(self) -> torch.Tensor | None:
         return None
@@ -206,7 +226,7 @@ class IndexedMultiplier(ExplicitMultiplier):
             indices.shape
         )
 
-    def detached_value(self, constraint_features: torch.Tensor | None = None) -> torch.Tensor:
+    def snapshot(self, constraint_features: torch.Tensor | None) -> torch.Tensor:
         rows = self._rows(constraint_features)
         assert constraint_features is not None
         return self.weight.detach().index_select(0, rows).reshape(constraint_features.shape)
