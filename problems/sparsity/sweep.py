@@ -75,7 +75,11 @@ def run_once(spec: RunSpec, root: Path, epochs: int | None) -> dict[str, Any]:
     metrics_path = root / "runs" / spec.name / "metrics.json"
     if metrics_path.exists():
         return dict(json.loads(metrics_path.read_text()))
+    import torch
+
     from problems.sparsity.train import train
+
+    torch.set_num_threads(1)  # parallel runs must not oversubscribe the cores
 
     return train(spec.config(root, epochs))
 
@@ -184,11 +188,11 @@ def sweep(
     root.mkdir(parents=True, exist_ok=True)
     specs = [
         RunSpec(model, target, method, seed, lw)
+        for method in methods
+        if method != "penalized"
         for model in models
         for lw in layerwise
         for target in targets
-        for method in methods
-        if method != "penalized"
         for seed in seeds
     ]
     results = run_all(specs, root, epochs, jobs)

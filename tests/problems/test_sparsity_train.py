@@ -1,0 +1,158 @@
+"""The sparsity trainer and CLI end to end, on scikit-learn's digits and a tiny gated MLP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from problems.scaffold.checkpoints import load_checkpoint
+from problems.sparsity.cli import main
+from problems.sparsity.config import SparsityConfig
+from problems.sparsity.models import tiny_mlp
+from problems.sparsity.problem import ControlledSparsity, density_targets
+from problems.sparsity.train import magnitude_masks, train
+
+
+def tiny(tmp_path: Path, **overrides) -> SparsityConfig:
+    values = {"model": "tiny", "dataset": "digits", "epochs": 60, "out": tmp_path / "run", **overrides}
+    return SparsityConfig(**values)
+
+
+@pytest.mark.parametrize("target", [0.3, 0.6])
+def test_constrained_run_lands_on_the_target(tmp_path: Path, target: float) -> None:
+    metrics = train(tiny(tmp_path, target_density=[target]))
+    assert abs(metrics["test_time_density"] - target) <= 0.02, metrics["test_time_density"]
+    assert metrics["test_accuracy"] >= 0.8
+    out = tmp_path / "run"
+    for name in (
+        "metrics.json",
+        "metrics.csv",
+        "metrics.jsonl",
+        "checkpoint.pt",
+        "density.png",
+        "multipliers.png",
+        "accuracy.png",
+    ):
+        assert (out / name).exists(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "test_accuracy",
+        "expected_density",
+        "test_time_density",
+        "per_layer_density",
+        "target_density",
+        "wall_time_s",
+        "epochs",
+    ):
+        assert key in saved
+    assert len((out / "metrics.csv").read_text().splitlines()) == 61  # header + one row per epoch
+
+
+def test_layerwise_run_holds_every_layer(tmp_path: Path) -> None:
+    metrics = train(tiny(tmp_path, target_density=[0.5], layerwise=True, epochs=80))
+    for name, density in metrics["per_layer_density"].items():
+        assert abs(density - 0.5) <= 0.03, (name, density)
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    full = train(tiny(tmp_path / "a", epochs=6, out=tmp_path / "a"))
+    train(tiny(tmp_path / "b", epochs=3, out=tmp_path / "b"))
+    resumed = train(tiny(tmp_path / "b", epochs=6, out=tmp_path / "b2", resume=tmp_path / "b"))
+    assert resumed["test_time_density"] == full["test_time_density"]
+    first, second = (
+        load_checkpoint(tmp_path / "a" / "checkpoint.pt"),
+        load_checkpoint(tmp_path / "b2" / "checkpoint.pt"),
+    )
+    for key, value in first["model"].items():
+        assert torch.equal(value, second["model"][key]), key
+
+
+@pytest.mark.parametrize("method", ["penalized", "magnitude"])
+def test_baselines_run(tmp_path: Path, method: str) -> None:
+    metrics = train(tiny(tmp_path, method=method, epochs=10, finetune_epochs=3, lmbda=0.5))
+    assert 0 < metrics["test_time_density"] <= 1 and metrics["test_accuracy"] > 0.3
+    if method == "magnitude":
+        assert abs(metrics["test_time_density"] - 0.3) < 0.01
+
+
+def test_magnitude_masks_keep_the_largest_weights() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.Linear(2, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[1.0, -4.0], [0.5, 3.0]]))
+        model[1].weight.copy_(torch.tensor([[2.0, -0.1]]))
+    masks = magnitude_masks(model, [0.5], layerwise=False)  # keep 3 of 6: |-4|, 3, 2
+    assert masks["0"].tolist() == [[False, True], [False, True]] and masks["1"].tolist() == [[True, False]]
+    layer = magnitude_masks(model, [0.5], layerwise=True)
+    assert layer["0"].sum() == 2 and layer["1"].sum() == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--target-density", "1.5"], "target_density"),
+        (["--target-density", "0"], "target_density"),
+        (["--epochs", "0"], "epochs"),
+        (["--dual-lr", "-1"], "dual_lr"),
+        (["--gate-beta1", "1.0"], "gate_beta1"),
+        (["--model", "resnet"], "model"),
+        (["--target-density", "0.3,0.5"], "target_density"),
+    ],
+)
+def test_cli_rejects_bad_values_naming_the_field(argv, message, capsys, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", str(tmp_path), *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_train_and_export(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--model", "tiny", "--dataset", "digits", "--granularity", "neuron", "--epochs", "25"]
+    assert main([*argv, "--target-density", "0.5", "--out", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["target_density"] == 0.5
+    assert (
+        main(["export", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(tmp_path / "small.pt")]) == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["max_abs_difference"] <= 1e-5
+    assert report["parameters_exported"] < report["parameters_gated_model"]
+    exported = torch.load(tmp_path / "small.pt", weights_only=False)
+    assert isinstance(exported, torch.nn.Sequential)
+
+
+def test_problem_argument_errors() -> None:
+    with pytest.raises(ValueError, match="layer-wise sparsity needs 1 or 3 target densities, got 2"):
+        density_targets([0.3, 0.4], num_layers=3, layerwise=True)
+    with pytest.raises(ValueError, match="model-wise sparsity takes one target density, got 2"):
+        density_targets([0.3, 0.4], num_layers=3, layerwise=False)
+    with pytest.raises(ValueError, match=r"target densities must lie in \(0, 1\], got 0.0"):
+        density_targets(0.0, num_layers=3, layerwise=False)
+    with pytest.raises(ValueError, match="has no gated layers"):
+        ControlledSparsity(torch.nn.Linear(2, 2), 0.3)
+    with pytest.raises(ValueError, match="strict must be 'expected' or 'test-time', got 'x'"):
+        ControlledSparsity(tiny_mlp(4, 3, 2), 0.3, strict="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="formulation must be 'lagrangian' or 'augmented-lagrangian'"):
+        ControlledSparsity(tiny_mlp(4, 3, 2), 0.3, formulation="qp")  # type: ignore[arg-type]
+
+
+def test_extrapolation_with_nupi_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="nuPI is not one"):
+        train(tiny(tmp_path, scheme="extrapolation", dual_optimizer="nupi", epochs=1))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"scheme": "alternating"},
+        {"scheme": "extrapolation"},
+        {"dual_optimizer": "nupi"},
+        {"formulation": "augmented-lagrangian"},
+        {"strict": "expected"},
+    ],
+)
+def test_every_updater_and_scheme_runs(tmp_path: Path, overrides) -> None:
+    metrics = train(tiny(tmp_path, epochs=3, **overrides))
+    assert 0 < metrics["test_time_density"] <= 1
