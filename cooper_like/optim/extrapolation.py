@@ -21,7 +21,9 @@ class ExtrapolationConstrainedOptimizer(ConstrainedOptimizer):
             \text{ with the gradients at } (\theta_{t+\frac12}, \lambda_{t+\frac12})
 
     Multipliers are projected after both half-steps. Two forward and two backward passes per step.
-    With ``non_finite="skip"`` a non-finite value at the extrapolated point rolls the extrapolation back.
+    With ``non_finite="skip"`` a non-finite value at the extrapolated point rolls the parameters back to
+    :math:`(\theta_t, \lambda_t)`; statistics the optimizers updated during the extrapolation (momenta,
+    Adam moments) are kept.
     """
 
     def custom_sanity_checks(self) -> None:
