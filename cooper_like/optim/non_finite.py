@@ -103,7 +103,9 @@ class NonFiniteGuard:
             self._check_pending()
             self._defer(torch.isfinite(torch.stack([value.detach().sum() for value in values]).sum()))
             return True
-        if all(math.isfinite((value if value.dim() == 0 else value.detach().sum()).item()) for value in values):
+        if all(
+            math.isfinite((value if value.dim() == 0 else value.detach().sum()).item()) for value in values
+        ):
             return True
         culprits = ", ".join(non_finite_measurements(cmp_state))
         if self.policy is NonFinitePolicy.RAISE:
