@@ -7,6 +7,7 @@ from cooper_like.optim.extragradient import ExtraAdam, ExtragradientOptimizer, E
 from cooper_like.optim.extrapolation import ExtrapolationConstrainedOptimizer
 from cooper_like.optim.non_finite import NonFiniteError, NonFiniteGuard, NonFinitePolicy
 from cooper_like.optim.nupi import NuPI, nuPI, nuPIInitType
+from cooper_like.optim.proximal import L1Strength, ProximalL1, soft_threshold, soft_threshold_
 from cooper_like.optim.simultaneous import SimultaneousOptimizer
 from cooper_like.optim.unconstrained import UnconstrainedOptimizer
 
@@ -20,13 +21,17 @@ __all__ = [
     "ExtraSGD",
     "ExtragradientOptimizer",
     "ExtrapolationConstrainedOptimizer",
+    "L1Strength",
     "NonFiniteError",
     "NonFiniteGuard",
     "NonFinitePolicy",
     "NuPI",
+    "ProximalL1",
     "RollOut",
     "SimultaneousOptimizer",
     "UnconstrainedOptimizer",
     "nuPI",
     "nuPIInitType",
+    "soft_threshold",
+    "soft_threshold_",
 ]
