@@ -11,7 +11,8 @@ Every problem is a (strongly) convex QP or an LP whose solution is computed outs
 * cross-checked against ``trust-constr`` (``res.v`` uses the convention
   :math:`\nabla f + J^\top v = 0`, i.e. the same signs as ``cooper_like``'s
   :math:`f + \mu^\top h + \lambda^\top g`) and against ``numpy.linalg.lstsq`` on the stationarity
-  equations at the SLSQP point;
+  equations at the SLSQP point (P4, with 100 constraints: the dual problem solved by L-BFGS-B instead
+  of trust-constr, which takes seconds there);
 * the simplex projection (problem 3) from the sort-based closed form, multipliers from KKT
   (:math:`\mu = \tau`, :math:`\lambda_i = \tau - y_i` off the support);
 * the LP from ``scipy.optimize.linprog`` (HiGHS marginals) and the vertex equations.
@@ -45,8 +46,9 @@ QuadraticPenalty       Unconstrained          none (no mult.)      converges to 
                                                                    *not* to x*: infeasibility = Θ(1/c),
                                                                    c·violation -> multipliers    TESTED
 any                    Extrapolation          torch SGD / nuPI     n/a: rejected (no ``extrapolation()``)
+                                                                                                 TESTED
 any                    Simult./Alternating    ExtraSGD/ExtraAdam   n/a: ``step()`` without extrapolation
-                                                                   raises
+                                                                   raises                        TESTED
 Lagrangian             Extrapolation          ExtraSGD dual,       NOT claimed: reaches 1e-12 on P1 then
                                               ExtraAdam primal     drifts back to 1e-3 (Adam, constant
                                                                    lr, vanishing gradients); identical to
@@ -69,15 +71,17 @@ Lagrangian             Simultaneous            nuPI Kp=.5  does not converge wit
 =====================  ======================  ==========  ==============================================
 
 Dual restarts (``restart_on_feasible=True``): after every dual step, each entry whose measured violation
-is <= 0 is exactly 0 (TESTED, every scheme). They preserve convergence only when no constraint that is
-active at the optimum is ever transiently satisfied along the way: true on P3 with a small dual lr
-(TESTED: converges exactly); false on P2, whose three coupled active constraints take turns being
-marginally satisfied, get reset and re-grow — a limit cycle for every scheme and dual lr tried (TESTED
-as non-convergent). This is the documented behaviour of dual restarts, not a bug.
+is <= 0 is exactly 0, and so is its nuPI state (TESTED, every scheme, Dense and Indexed multipliers).
+They preserve convergence only when no constraint that is active at the optimum is ever transiently
+satisfied along the way: true on P3 with a small dual lr (TESTED: converges exactly); false on P2 and
+P4, whose coupled active constraints take turns being marginally satisfied, get reset and re-grow — a
+limit cycle for every scheme, formulation and dual lr (0.005-0.05) tried (TESTED on P2 as
+non-convergent). This is the documented behaviour of dual restarts, not a bug.
 
 IndexedMultiplier on P4: when the *dual* observes a random 30 % of the rows per step
-(``strict_constraint_features``) and the primal all rows, every scheme converges exactly (TESTED).
-When primal and dual both observe the same random half (``constraint_features`` = observed ids,
+(``strict_constraint_features``) and the primal all rows, every scheme converges exactly, with the
+Lagrangian and with the augmented Lagrangian (``IndexedPenaltyCoefficient``) (TESTED).
+When primal and dual both observe the same random 80 % (``constraint_features`` = observed ids,
 importance-weighted violation), the fixed point is (x*, λ*) only in expectation: with decaying steps and
 iterate averaging the same solution is reached within the sampling noise (TESTED, loose tolerance).
 
@@ -121,7 +125,8 @@ from cooper_like.optim import (
     UnconstrainedOptimizer,
     nuPI,
 )
-from cooper_like.penalty_coefficients import DensePenaltyCoefficient
+from cooper_like.optim.non_finite import NonFiniteError
+from cooper_like.penalty_coefficients import DensePenaltyCoefficient, IndexedPenaltyCoefficient
 
 DTYPE = torch.float64
 
@@ -200,8 +205,13 @@ def kkt_ground_truth(
     G: np.ndarray | None = None,
     h: np.ndarray | None = None,
     margin: float = 0.05,
+    trust_constr: bool = True,
 ) -> QPData:
-    """SLSQP -> active set -> exact KKT solve -> certificate -> cross-checks (trust-constr, lstsq)."""
+    """SLSQP -> active set -> exact KKT solve -> certificate -> cross-checks (lstsq, trust-constr).
+
+    ``trust_constr=False`` skips the trust-constr cross-check (seconds with 100 constraints); the caller
+    then cross-checks otherwise.
+    """
     n = len(c)
     A_, G_ = _or_empty(A, n), _or_empty(G, n)
     b_ = np.zeros(0) if b is None else b
@@ -219,7 +229,11 @@ def kkt_ground_truth(
     if len(h_):
         slsqp_constraints.append({"type": "ineq", "fun": lambda x: h_ - G_ @ x, "jac": lambda x: -G_})
     slsqp = scipy.optimize.minimize(
-        f, np.zeros(n), jac=grad, method="SLSQP", constraints=slsqp_constraints,
+        f,
+        np.zeros(n),
+        jac=grad,
+        method="SLSQP",
+        constraints=slsqp_constraints,
         options={"ftol": 1e-12, "maxiter": 1000},
     )
     assert slsqp.success, slsqp.message
@@ -228,11 +242,13 @@ def kkt_ground_truth(
     active = h_ - G_ @ slsqp.x < 1e-7
     G_active = G_[active]
     m_eq, m_act = len(b_), int(active.sum())
-    kkt = np.block([
-        [Q, A_.T, G_active.T],
-        [A_, np.zeros((m_eq, m_eq + m_act))],
-        [G_active, np.zeros((m_act, m_eq + m_act))],
-    ])
+    kkt = np.block(
+        [
+            [Q, A_.T, G_active.T],
+            [A_, np.zeros((m_eq, m_eq + m_act))],
+            [G_active, np.zeros((m_act, m_eq + m_act))],
+        ]
+    )
     solution = np.linalg.solve(kkt, np.concatenate([-c, b_, h_[active]]))
     x, mu, lam_active = solution[:n], solution[n : n + m_eq], solution[n + m_eq :]
     lam = np.zeros(len(h_))
@@ -251,6 +267,10 @@ def kkt_ground_truth(
     lstsq = np.linalg.lstsq(jacobian_t, -grad(slsqp.x), rcond=None)[0]
     assert np.abs(lstsq - np.concatenate([mu, lam_active])).max(initial=0.0) < 1e-5
 
+    result = QPData(name, Q, c, A, b, G, h, x, mu if m_eq else None, lam if len(h_) else None)
+    if not trust_constr:
+        return result
+
     # Cross-check 2: trust-constr (an interior-point method: ~1e-7 accurate), its multipliers res.v.
     trust_constraints = []
     if len(b_):
@@ -258,14 +278,18 @@ def kkt_ground_truth(
     if len(h_):
         trust_constraints.append(scipy.optimize.LinearConstraint(G_, -np.inf, h_))
     trust = scipy.optimize.minimize(
-        f, np.zeros(n), jac=grad, hess=lambda x: Q, method="trust-constr", constraints=trust_constraints,
+        f,
+        np.zeros(n),
+        jac=grad,
+        hess=lambda x: Q,
+        method="trust-constr",
+        constraints=trust_constraints,
         options={"gtol": 1e-12, "xtol": 1e-14, "maxiter": 5000},
     )
     assert np.abs(trust.x - x).max() < 1e-5
     trust_v = np.concatenate([np.atleast_1d(v) for v in trust.v])
     assert np.abs(trust_v - np.concatenate([mu, lam])).max() < 1e-4
-
-    return QPData(name, Q, c, A, b, G, h, x, mu if m_eq else None, lam if len(h_) else None)
+    return result
 
 
 @functools.cache
@@ -342,8 +366,26 @@ def halfspaces_qp() -> QPData:
     x0 = rng.normal(size=n)
     x0 *= 3 / np.linalg.norm(x0)
     # ‖x - x0‖² = ½xᵀ(2I)x - 2x0ᵀx + const.
-    data = kkt_ground_truth("halfspaces", 2 * np.eye(n), -2 * x0, G=G, h=h, margin=0.05)
+    data = kkt_ground_truth("halfspaces", 2 * np.eye(n), -2 * x0, G=G, h=h, margin=0.05, trust_constr=False)
     assert data.active.sum() == 4
+    # Cross-check 2, instead of trust-constr: the dual problem max_{λ>=0} λᵀ(Gx0 - h) - ¼‖Gᵀλ‖², a
+    # bound-constrained QP solved by L-BFGS-B; then x = x0 - Gᵀλ/2.
+    q = G @ x0 - h
+
+    def negative_dual(lam: np.ndarray) -> tuple[float, np.ndarray]:
+        v = G.T @ lam
+        return float(0.25 * v @ v - lam @ q), 0.5 * G @ v - q
+
+    dual = scipy.optimize.minimize(
+        negative_dual,
+        np.zeros(m),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=[(0.0, None)] * m,
+        options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10000},
+    )
+    assert np.abs(dual.x - data.lam).max() < 1e-6
+    assert np.abs(x0 - G.T @ dual.x / 2 - data.x).max() < 1e-6
     return data
 
 
@@ -387,7 +429,9 @@ class QuadraticProgram(cooper.ConstrainedMinimizationProblem):
             if formulation is not Lagrangian:
                 assert penalty is not None
                 coefficient = DensePenaltyCoefficient(torch.tensor(penalty, dtype=DTYPE))
-            return cooper.Constraint(kind, formulation, multiplier=multiplier, penalty_coefficient=coefficient)
+            return cooper.Constraint(
+                kind, formulation, multiplier=multiplier, penalty_coefficient=coefficient
+            )
 
         if data.A is not None:
             self.eq = constraint(data.A.shape[0], ConstraintType.EQUALITY)
@@ -513,8 +557,8 @@ STEPS = {
     ("P3_simplex", "lagrangian"): 1250,
     ("P4_halfspaces", "lagrangian"): 750,
     ("P1_equality_qp", "augmented_lagrangian"): 250,
-    ("P2_inequality_qp", "augmented_lagrangian"): 500,
-    ("P3_simplex", "augmented_lagrangian"): 1000,
+    ("P2_inequality_qp", "augmented_lagrangian"): 600,
+    ("P3_simplex", "augmented_lagrangian"): 750,
     ("P4_halfspaces", "augmented_lagrangian"): 500,
 }
 
@@ -522,7 +566,9 @@ STEPS = {
 @pytest.mark.parametrize(("scheme", "updater"), SCHEME_UPDATERS, ids=SCHEME_UPDATER_IDS)
 @pytest.mark.parametrize("formulation", ["lagrangian", "augmented_lagrangian"])
 @pytest.mark.parametrize("problem", list(PROBLEMS))
-def test_converges_to_exact_primal_dual_solution(problem: str, formulation: str, scheme: str, updater: str) -> None:
+def test_converges_to_exact_primal_dual_solution(
+    problem: str, formulation: str, scheme: str, updater: str
+) -> None:
     data = PROBLEMS[problem]()
     if formulation == "lagrangian":
         cmp = QuadraticProgram(data, Lagrangian)
@@ -537,6 +583,28 @@ def test_converges_to_exact_primal_dual_solution(problem: str, formulation: str,
     # The reported loss is f at the last measured point (θ_t, or θ_{t+1} for alt. primal-dual).
     assert out.loss is not None
     assert abs(out.loss.item() - data.objective(data.x)) <= TOL
+
+
+def test_not_applicable_scheme_updater_pairs_are_rejected() -> None:
+    """The "n/a" rows of the table: extragradient optimizers and the extrapolation scheme go together."""
+    data = equality_qp()
+    cmp = QuadraticProgram(data)
+    x = new_primal(data.n)
+    with pytest.raises(TypeError, match="extrapolation"):
+        ExtrapolationConstrainedOptimizer(
+            cmp,
+            ExtraSGD([x], lr=LR_PRIMAL),
+            torch.optim.SGD(cmp.dual_parameters(), lr=LR_DUAL, maximize=True),
+        )
+    with pytest.raises(TypeError, match="extrapolation"):
+        ExtrapolationConstrainedOptimizer(
+            cmp, ExtraSGD([x], lr=LR_PRIMAL), nuPI(cmp.dual_parameters(), lr=LR_DUAL, maximize=True)
+        )
+    optimizer = SimultaneousOptimizer(
+        cmp, torch.optim.SGD([x], lr=LR_PRIMAL), ExtraSGD(cmp.dual_parameters(), lr=LR_DUAL, maximize=True)
+    )
+    with pytest.raises(RuntimeError, match="extrapolation"):
+        roll(optimizer, x)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -581,11 +649,12 @@ def test_quadratic_penalty_infeasibility_shrinks_like_one_over_c(problem: str) -
         optimizer = UnconstrainedOptimizer(
             cmp,
             torch.optim.SGD(
-                [x], lr=4 / (math.sqrt(L) + math.sqrt(mu_f)) ** 2,
+                [x],
+                lr=4 / (math.sqrt(L) + math.sqrt(mu_f)) ** 2,
                 momentum=((math.sqrt(kappa) - 1) / (math.sqrt(kappa) + 1)) ** 2,
             ),
         )
-        run(optimizer, x, 1500)
+        run(optimizer, x, 1500 if c == 1000.0 else 600)  # the momentum (hence the rate) depends on c
         x_np = x.detach().numpy()
         # The iterates reach the exact penalty minimiser (linear convergence, ~1e-11 observed).
         np.testing.assert_allclose(x_np, penalty_minimiser(data, c), rtol=0, atol=1e-8)
@@ -634,16 +703,22 @@ def linear_program() -> QPData:
 
 
 LP_LR = 0.1
-LP_STEPS = 2500
+LP_STEPS = 2000
 
 
 def lp_error(data: QPData, cmp: QuadraticProgram, x: torch.Tensor) -> float:
-    return max(np.abs(x.detach().numpy() - data.x).max(), np.abs(multiplier_values(cmp.ineq) - data.lam).max())
+    return max(
+        np.abs(x.detach().numpy() - data.x).max(), np.abs(multiplier_values(cmp.ineq) - data.lam).max()
+    )
 
 
 @pytest.mark.parametrize(
     ("scheme", "updater", "steps"),
-    [("extrapolation", "extrasgd", LP_STEPS), ("alt_primal_dual", "nupi", 3500), ("alt_dual_primal", "nupi", 3500)],
+    [
+        ("extrapolation", "extrasgd", LP_STEPS),
+        ("alt_primal_dual", "nupi", 3500),
+        ("alt_dual_primal", "nupi", 3500),
+    ],
 )
 def test_linear_program_converges(scheme: str, updater: str, steps: int) -> None:
     data = linear_program()
@@ -696,21 +771,36 @@ class SampledHalfspaces(cooper.ConstrainedMinimizationProblem):
     Lagrangian gradient (without the weight the multipliers would converge to λ*·m/batch).
     """
 
-    def __init__(self, data: QPData, batch: int, mode: str, seed: int) -> None:
+    def __init__(
+        self,
+        data: QPData,
+        batch: int,
+        mode: str,
+        seed: int,
+        formulation: str = "lagrangian",
+        restart_on_feasible: bool = False,
+    ) -> None:
         super().__init__()
         assert data.G is not None and data.h is not None
         self.G, self.h = torch.tensor(data.G, dtype=DTYPE), torch.tensor(data.h, dtype=DTYPE)
         self.Q, self.c = torch.tensor(data.Q, dtype=DTYPE), torch.tensor(data.c, dtype=DTYPE)
         self.m, self.batch, self.mode = len(data.h), batch, mode
         self.generator = torch.Generator().manual_seed(seed)
-        self.ineq = cooper.Constraint(
-            ConstraintType.INEQUALITY, Lagrangian, multiplier=IndexedMultiplier(self.m, dtype=DTYPE)
-        )
+        multiplier = IndexedMultiplier(self.m, dtype=DTYPE, restart_on_feasible=restart_on_feasible)
+        if formulation == "lagrangian":
+            self.ineq = cooper.Constraint(ConstraintType.INEQUALITY, Lagrangian, multiplier=multiplier)
+        else:
+            coefficient = IndexedPenaltyCoefficient(torch.full((self.m,), AL_PENALTY, dtype=DTYPE))
+            self.ineq = cooper.Constraint(
+                ConstraintType.INEQUALITY, AugmentedLagrangian, multiplier, coefficient
+            )
+        self.last_observed: tuple[torch.Tensor, torch.Tensor] | None = None  # (ids, strict violation)
 
     def _state(self, x: torch.Tensor) -> cooper.ConstraintState:
         ids = torch.randperm(self.m, generator=self.generator)[: self.batch]
         if self.mode == "dual":
             violation = self.G @ x - self.h
+            self.last_observed = (ids, violation.detach()[ids])
             return cooper.ConstraintState(
                 violation=violation,
                 constraint_features=torch.arange(self.m),
@@ -718,8 +808,11 @@ class SampledHalfspaces(cooper.ConstrainedMinimizationProblem):
                 strict_constraint_features=ids,
             )
         violation = self.G[ids] @ x - self.h[ids]
+        self.last_observed = (ids, violation.detach())
         return cooper.ConstraintState(
-            violation=violation * (self.m / self.batch), constraint_features=ids, strict_violation=violation.detach()
+            violation=violation * (self.m / self.batch),
+            constraint_features=ids,
+            strict_violation=violation.detach(),
         )
 
     def compute_cmp_state(self, x: torch.Tensor) -> cooper.CMPState:
@@ -730,23 +823,31 @@ class SampledHalfspaces(cooper.ConstrainedMinimizationProblem):
         return cooper.CMPState(observed_constraints={self.ineq: self._state(x)})
 
 
-@pytest.mark.parametrize(
-    ("scheme", "updater"),
-    [
-        ("simultaneous", "sgd"),
-        ("simultaneous", "nupi"),
-        ("alt_primal_dual", "sgd"),
-        ("alt_dual_primal", "sgd"),
-        ("extrapolation", "extrasgd"),
-    ],
-)
-def test_indexed_multiplier_random_dual_subsets_reach_dense_solution(scheme: str, updater: str) -> None:
-    """Random 30 % of the multipliers updated per step (sparse gradients): the dense solution, exactly."""
+INDEXED_SCHEME_UPDATERS = [
+    ("simultaneous", "sgd"),
+    ("simultaneous", "nupi"),
+    ("alt_primal_dual", "sgd"),
+    ("alt_dual_primal", "nupi"),
+    ("extrapolation", "extrasgd"),
+]
+
+
+@pytest.mark.parametrize(("scheme", "updater"), INDEXED_SCHEME_UPDATERS)
+@pytest.mark.parametrize("formulation", ["lagrangian", "augmented_lagrangian"])
+def test_indexed_multiplier_random_dual_subsets_reach_dense_solution(
+    formulation: str, scheme: str, updater: str
+) -> None:
+    """Random 30 % of the multipliers updated per step (sparse gradients): the dense solution, exactly.
+
+    The augmented Lagrangian uses an ``IndexedPenaltyCoefficient`` (c = 0.5 per row, dual lr = c).
+    """
     data = halfspaces_qp()
-    cmp = SampledHalfspaces(data, batch=30, mode="dual", seed=0)
+    cmp = SampledHalfspaces(data, batch=30, mode="dual", seed=0, formulation=formulation)
     x = new_primal(data.n)
-    optimizer = make_optimizer(cmp, x, scheme, updater)
-    run(optimizer, x, 1250)  # errors observed at 1250 steps: 1e-13 - 7e-12
+    lr_dual = LR_DUAL if formulation == "lagrangian" else AL_PENALTY
+    optimizer = make_optimizer(cmp, x, scheme, updater, lr_dual=lr_dual)
+    # Observed errors: Lagrangian 1e-13 - 7e-12 at 1250 steps; augmented Lagrangian 2e-8 at 250 steps.
+    run(optimizer, x, 1250 if formulation == "lagrangian" else 500)
     x_np, lam = x.detach().numpy(), multiplier_values(cmp.ineq)
     np.testing.assert_allclose(x_np, data.x, rtol=0, atol=TOL)
     np.testing.assert_allclose(lam, data.lam, rtol=0, atol=TOL)
@@ -756,22 +857,23 @@ def test_indexed_multiplier_random_dual_subsets_reach_dense_solution(scheme: str
 
 @pytest.mark.parametrize("updater", ["sgd", "nupi"])
 def test_indexed_multiplier_random_subsets_reach_dense_solution_in_expectation(updater: str) -> None:
-    """Primal and dual see the same random half of the rows: a stochastic game whose mean field has the
-    fixed point (x*, λ*). Constant steps keep a noise ball of radius ~0.1 around it, so the steps decay
-    like 1/t after 200 steps and the iterates of the second half are averaged.
+    """Primal and dual see the same random 80 of the 100 rows: a stochastic game whose mean field has
+    the fixed point (x*, λ*). Constant steps keep a noise ball of radius ~0.1 around it, so the steps
+    decay like 1/t after 200 steps and the iterates of the second half are averaged.
 
-    Tolerances: 3e-2 on x, 6e-2 on λ (λ*_active ∈ [0.36, 1.0]), 2e-2 on the averaged inactive λ. Over
-    20 sampling seeds the averaged errors were at most ~1.2e-2 (x) and ~2.8e-2 (λ).
+    Tolerances: 2e-2 on x, 6e-2 on λ (λ*_active ∈ [0.36, 1.0]; the unweighted variant would be off by
+    0.09-0.25), 1e-2 on the averaged inactive λ. Over 20 sampling seeds the largest averaged errors
+    were 9.4e-3 (x), 3.2e-2 (λ) and 2.9e-3 (inactive λ), for SGD and nuPI alike.
     """
     data = halfspaces_qp()
-    cmp = SampledHalfspaces(data, batch=50, mode="both", seed=0)
+    cmp = SampledHalfspaces(data, batch=80, mode="both", seed=0)
     x = new_primal(data.n)
     optimizer = make_optimizer(cmp, x, "simultaneous", updater)
     schedulers = [
         torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, 200 / (t + 1)))
         for opt in (*optimizer.primal_optimizers, *(optimizer.dual_optimizers or ()))
     ]
-    steps = 4000
+    steps = 3000
     x_sum, lam_sum = np.zeros(data.n), np.zeros(len(data.lam))
 
     for step in range(steps):
@@ -782,9 +884,9 @@ def test_indexed_multiplier_random_subsets_reach_dense_solution_in_expectation(u
             x_sum += x.detach().numpy()
             lam_sum += multiplier_values(cmp.ineq)
     x_avg, lam_avg = x_sum / (steps - steps // 2), lam_sum / (steps - steps // 2)
-    np.testing.assert_allclose(x_avg, data.x, rtol=0, atol=3e-2)
+    np.testing.assert_allclose(x_avg, data.x, rtol=0, atol=2e-2)
     np.testing.assert_allclose(lam_avg, data.lam, rtol=0, atol=6e-2)
-    assert lam_avg[~data.active].max() <= 2e-2
+    assert lam_avg[~data.active].max() <= 1e-2
     assert lam_avg[data.active].min() >= 0.25  # the active set is identified
 
 
@@ -821,6 +923,32 @@ def test_dual_restarts_zero_every_feasible_entry_after_each_step(scheme: str, up
     assert restarts > 0
 
 
+@pytest.mark.parametrize(("scheme", "updater"), INDEXED_SCHEME_UPDATERS)
+def test_dual_restarts_of_indexed_multiplier_zero_observed_feasible_rows(scheme: str, updater: str) -> None:
+    """Same invariant with sparse gradients: observed rows with strict violation <= 0 are exactly 0
+    after the step, and so is their nuPI error average. (Like P2, P4 does not converge with restarts.)
+    """
+    data = halfspaces_qp()
+    cmp = SampledHalfspaces(data, batch=30, mode="dual", seed=0, restart_on_feasible=True)
+    x = new_primal(data.n)
+    optimizer = make_optimizer(cmp, x, scheme, updater)
+    weight = cmp.ineq.multiplier.weight
+    restarts = 0
+    for _ in range(300):
+        before = weight.detach().clone()
+        roll(optimizer, x)
+        assert cmp.last_observed is not None
+        ids, strict_violation = cmp.last_observed
+        feasible_rows = ids[strict_violation <= 0]
+        assert (weight.detach()[feasible_rows] == 0).all()
+        assert (weight.detach() >= 0).all()
+        if updater == "nupi":
+            xi = optimizer.dual_optimizers[0].state[weight]["xi"]
+            assert (xi[feasible_rows] == 0).all()
+        restarts += int((before[feasible_rows] > 0).sum())
+    assert restarts > 0
+
+
 @pytest.mark.parametrize(("scheme", "updater"), SCHEME_UPDATERS, ids=SCHEME_UPDATER_IDS)
 def test_dual_restarts_converge_when_active_constraints_are_approached_from_outside(
     scheme: str, updater: str
@@ -832,7 +960,7 @@ def test_dual_restarts_converge_when_active_constraints_are_approached_from_outs
     cmp = QuadraticProgram(data, restart_on_feasible=True)
     x = new_primal(data.n)
     optimizer = make_optimizer(cmp, x, scheme, updater, lr_dual=0.02)
-    run(optimizer, x, 2000)  # observed errors: 4e-15
+    run(optimizer, x, 1500)  # observed errors: ~1e-8 at 1500 steps, 4e-15 at 2000
     assert_solution(data, cmp, x)
 
 
@@ -848,11 +976,12 @@ def test_dual_restarts_cycle_when_coupled_active_constraints_are_transiently_sat
     optimizer = make_optimizer(cmp, x, "simultaneous", "sgd")
     weight = cmp.ineq.multiplier.weight
     errors, active_resets = [], 0
-    for step in range(2000):
+    for step in range(1500):
         before = weight.detach().clone()
         roll(optimizer, x)
-        if step >= 1500:
-            errors.append(max(np.abs(x.detach().numpy() - data.x).max(), np.abs(multiplier_values(cmp.ineq) - data.lam).max()))
+        if step >= 1000:
+            x_error = np.abs(x.detach().numpy() - data.x).max()
+            errors.append(max(x_error, np.abs(multiplier_values(cmp.ineq) - data.lam).max()))
             reset = (before > 0) & (weight.detach() == 0)
             active_resets += int(reset[torch.from_numpy(data.active)].sum())
     assert active_resets > 0
@@ -872,9 +1001,13 @@ class PartlyFrozenProblem(cooper.ConstrainedMinimizationProblem):
 
     def __init__(self, data: QPData, formulation: type[Formulation], penalty: float | None) -> None:
         super().__init__()
-        self.Q, self.c, self.A, self.b = (torch.tensor(a, dtype=DTYPE) for a in (data.Q, data.c, data.A, data.b))
-        coefficient = (lambda: None) if penalty is None else (
-            lambda: DensePenaltyCoefficient(torch.tensor(penalty, dtype=DTYPE))
+        self.Q, self.c, self.A, self.b = (
+            torch.tensor(a, dtype=DTYPE) for a in (data.Q, data.c, data.A, data.b)
+        )
+        coefficient = (
+            (lambda: None)
+            if penalty is None
+            else (lambda: DensePenaltyCoefficient(torch.tensor(penalty, dtype=DTYPE)))
         )
         self.eq = cooper.Constraint(
             ConstraintType.EQUALITY, formulation, DenseMultiplier(2, dtype=DTYPE), coefficient()
@@ -924,7 +1057,9 @@ def test_constraint_not_contributing_to_dual_update_keeps_its_multiplier(
 
 @pytest.mark.parametrize(("scheme", "updater"), SCHEME_UPDATERS, ids=SCHEME_UPDATER_IDS)
 @pytest.mark.parametrize("problem", ["P1_equality_qp", "P2_inequality_qp", "P3_simplex"])
-def test_augmented_lagrangian_with_zero_penalty_matches_lagrangian(problem: str, scheme: str, updater: str) -> None:
+def test_augmented_lagrangian_with_zero_penalty_matches_lagrangian(
+    problem: str, scheme: str, updater: str
+) -> None:
     """Same seed, same optimizers: AugmentedLagrangian(c=0) and Lagrangian produce identical iterates."""
     data = PROBLEMS[problem]()
     generator = torch.Generator().manual_seed(1234)
@@ -935,7 +1070,7 @@ def test_augmented_lagrangian_with_zero_penalty_matches_lagrangian(problem: str,
         x = torch.nn.Parameter(x_init.clone())
         optimizer = make_optimizer(cmp, x, scheme, updater)
         trajectory = []
-        for _ in range(150):
+        for _ in range(100):
             out = roll(optimizer, x)
             assert out.primal_lagrangian_store.lagrangian is not None
             state = [x.detach().clone(), out.primal_lagrangian_store.lagrangian.detach().clone()]
@@ -987,3 +1122,35 @@ def test_extra_adam_primal_matches_torch_adam_extragradient_reference() -> None:
         mu_ref = mu_origin + LR_DUAL * violation
         torch.testing.assert_close(x.detach(), x_ref.detach(), rtol=0, atol=1e-12)
         torch.testing.assert_close(cmp.eq.multiplier.weight.detach(), mu_ref, rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------
+# 8. Divergence diagnostics (found while mapping the non-convergent step sizes)
+# ---------------------------------------------------------------------------------------------------
+
+
+class NaNAfterPrimalStep(QuadraticProgram):
+    """P1 whose re-measurement (``compute_violations``) is NaN, as after a diverging primal step."""
+
+    def compute_violations(self, x: torch.Tensor) -> cooper.CMPState:
+        violation = (self.A @ x - self.b) * float("nan")
+        return cooper.CMPState(observed_constraints={self.eq: cooper.ConstraintState(violation=violation)})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="library bug: AlternatingPrimalDualOptimizer with non_finite='raise' raises NonFiniteError "
+    "saying 'nothing was updated' when the re-measurement after the primal step is non-finite, but the "
+    "primal step has already been applied (NonFiniteGuard.admits uses one message for every call site)",
+)
+def test_alternating_primal_dual_non_finite_error_tells_the_truth_about_the_primal_step() -> None:
+    data = equality_qp()
+    cmp = NaNAfterPrimalStep(data)
+    x = new_primal(data.n)
+    optimizer = make_optimizer(cmp, x, "alt_primal_dual", "sgd")
+    before = x.detach().clone()
+    with pytest.raises(NonFiniteError) as error:
+        roll(optimizer, x)
+    primal_step_applied = not torch.equal(x.detach(), before)
+    assert primal_step_applied  # the scheme's documented order: primal step first, then re-measure
+    assert "nothing was updated" not in str(error.value)
