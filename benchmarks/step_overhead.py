@@ -168,6 +168,32 @@ class HandWritten(Method):
         return self.lam.clone()
 
 
+class HandWrittenTorchDual(HandWritten):
+    """The hand-written step with the multipliers updated by a ``torch.optim.SGD(maximize=True)``.
+
+    Not a target: it measures the floor that any design whose dual updater is a torch optimizer pays.
+    """
+
+    def __init__(self, model: nn.Sequential, spec: SizeSpec, x: torch.Tensor, y: torch.Tensor) -> None:
+        super().__init__(model, spec, x, y)
+        self.lam_param = nn.Parameter(torch.zeros(spec.num_constraints))
+        self.dual = torch.optim.SGD([self.lam_param], lr=DUAL_LR, maximize=True)
+
+    def step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lam_param.grad = None
+        loss, violation = objective_and_violation(self.model, self.x, self.y, self.violation_fn)
+        (loss + (self.lam_param.detach() * violation).sum()).backward()
+        self.optimizer.step()
+        self.lam_param.grad = violation.detach().clone()
+        self.dual.step()
+        with torch.no_grad():
+            self.lam_param.clamp_(min=0)
+
+    def multipliers(self) -> torch.Tensor:
+        return self.lam_param.detach().clone()
+
+
 class LibraryMethod(Method):
     def __init__(
         self, lib: ModuleType, model: nn.Sequential, spec: SizeSpec, x: torch.Tensor, y: torch.Tensor
@@ -200,7 +226,10 @@ def build_methods(spec: SizeSpec, libs: dict[str, ModuleType], seed: int) -> dic
     template = nn.Sequential(
         nn.Linear(IN_FEATURES, spec.hidden), nn.ReLU(), nn.Linear(spec.hidden, NUM_CLASSES)
     )
-    methods: dict[str, Method] = {"hand": HandWritten(copy.deepcopy(template), spec, x, y)}
+    methods: dict[str, Method] = {
+        "hand": HandWritten(copy.deepcopy(template), spec, x, y),
+        "hand_torch_dual": HandWrittenTorchDual(copy.deepcopy(template), spec, x, y),
+    }
     for role, lib in libs.items():
         methods[role] = LibraryMethod(lib, copy.deepcopy(template), spec, x, y)
     return methods
@@ -319,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         print(file=sys.stderr)
         ratios = {
             role: [t / h for t, h in zip(times[role], times["hand"])] if role in times else []
-            for role in ("library", "baseline")
+            for role in ("library", "baseline", "hand_torch_dual")
         }
         lib_ratio = median(ratios["library"])
         rows.append(
@@ -330,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{median(times['baseline']):.1f}" if "baseline" in times else "skipped",
                 fmt_ratio(ratios["library"]),
                 fmt_ratio(ratios["baseline"]),
+                fmt_ratio(ratios["hand_torch_dual"]),
                 f"<= {TARGET_RATIO:.2f}",
                 "met" if lib_ratio <= TARGET_RATIO else "NOT met",
             ]
@@ -342,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{labels['baseline']} us/step",
         f"{labels['library']}/hand",
         f"{labels['baseline']}/hand",
+        "hand with torch SGD dual/hand (floor)",
         "target",
         f"{labels['library']} verdict",
     ]
