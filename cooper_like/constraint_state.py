@@ -30,6 +30,12 @@ class ConstraintState:
         strict_constraint_features: Features matching ``strict_violation``; requires ``strict_violation``.
         contributes_to_primal_update: If ``False`` the constraint is left out of the primal Lagrangian.
         contributes_to_dual_update: If ``False`` its multiplier is not updated from this measurement.
+        num_samples: Only read in distributed training (see :mod:`cooper_like.distributed`): the number of
+            samples this process's (strict) violation averages over, its weight :math:`n_r` in the
+            global mean :math:`\\sum_r n_r g_r / \\sum_r n_r` that drives the multiplier. ``None``
+            (default) weighs every process equally, which is exact for equal local batch sizes and for
+            measurements that do not depend on the batch. Ignored for row-wise measurements (with
+            constraint features), whose rows are gathered instead.
     """
 
     violation: torch.Tensor
@@ -38,6 +44,7 @@ class ConstraintState:
     strict_constraint_features: torch.Tensor | None = None
     contributes_to_primal_update: bool = True
     contributes_to_dual_update: bool = True
+    num_samples: int | float | torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.violation, torch.Tensor):
@@ -54,6 +61,27 @@ class ConstraintState:
                 "ConstraintState: strict_constraint_features was given without strict_violation; "
                 "pass the strict violation it describes"
             )
+        if (
+            self.strict_violation is not None
+            and self.strict_constraint_features is None
+            and self.strict_violation.numel() != self.violation.numel()
+        ):
+            raise ValueError(
+                f"ConstraintState: strict_violation has {self.strict_violation.numel()} entries but violation has "
+                f"{self.violation.numel()}; without strict_constraint_features both describe the same constraints"
+            )
+        if self.num_samples is not None:
+            count = self.num_samples
+            if isinstance(count, bool) or not isinstance(count, (int, float, torch.Tensor)):
+                raise TypeError(
+                    f"ConstraintState: num_samples must be a number or None, got {type(count).__name__}"
+                )
+            if isinstance(count, torch.Tensor) and count.numel() != 1:
+                raise ValueError(
+                    f"ConstraintState: num_samples must be a scalar, got shape {tuple(count.shape)}"
+                )
+            if not float(count) >= 0:
+                raise ValueError(f"ConstraintState: num_samples must be >= 0, got {float(count)}")
 
     def extract_violations(self, do_unsqueeze: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(violation, strict_violation)``; the strict one falls back to ``violation`` detached.

@@ -90,6 +90,10 @@ class Formulation(abc.ABC):
     #: the strict violation and is written without autograd. Custom formulations with another dual
     #: contribution set this to ``False`` and go through autograd.
     dual_gradient_is_violation: bool = True
+    #: The primal contribution can be finite while the violation is not (a penalty clips
+    #: :math:`[-\infty]_+ = 0`), so the NaN/Inf guard checks the violation itself. Only the plain
+    #: Lagrangian, whose :math:`\lambda^\top g` is NaN/Inf whenever :math:`g` is, sets it to ``False``.
+    may_hide_non_finite_violation: bool = True
 
     def __init__(self, constraint_type: ConstraintType) -> None:
         if not isinstance(constraint_type, ConstraintType):
@@ -173,8 +177,27 @@ def dual_multiplier_value(
 def penalty_value(penalty_coefficient: PenaltyCoefficient, features: torch.Tensor | None) -> torch.Tensor:
     """Penalty coefficients of the observed constraints."""
     if penalty_coefficient.expects_constraint_features:
+        if features is None:
+            raise ValueError(
+                f"{type(penalty_coefficient).__name__}: constraint_features (the observed constraint ids) "
+                "are required"
+            )
         return penalty_coefficient(features)
     return penalty_coefficient()
+
+
+def checked_penalty_value(
+    penalty_coefficient: PenaltyCoefficient, constraint_state: ConstraintState
+) -> torch.Tensor:
+    """:func:`penalty_value` for ``constraint_state``; raise unless it is one value or one per violation entry."""
+    value = penalty_value(penalty_coefficient, constraint_state.constraint_features)
+    violation = constraint_state.violation
+    if value.numel() != 1 and value.numel() != violation.numel():
+        raise ValueError(
+            f"{type(penalty_coefficient).__name__}: {value.numel()} penalty coefficients for a violation "
+            f"of shape {tuple(violation.shape)}; give one coefficient or one per violation entry"
+        )
+    return value
 
 
 def multiplier_dual_contribution(
@@ -195,6 +218,7 @@ class Lagrangian(Formulation):
 
     expects_multiplier = True
     expects_penalty_coefficient = False
+    may_hide_non_finite_violation = False
 
     def compute_contribution_to_primal_lagrangian(
         self,
@@ -232,7 +256,7 @@ class QuadraticPenalty(Formulation):
         if not constraint_state.contributes_to_primal_update:
             return None
         assert penalty_coefficient is not None
-        coefficient = penalty_value(penalty_coefficient, constraint_state.constraint_features)
+        coefficient = checked_penalty_value(penalty_coefficient, constraint_state)
         term = quadratic_penalty_term(coefficient, constraint_state.violation, self.constraint_type)
         return ContributionStore(term, None, coefficient)
 
@@ -267,7 +291,7 @@ class AugmentedLagrangian(Formulation):
             return None
         assert multiplier is not None and penalty_coefficient is not None
         value = primal_multiplier_value(multiplier, constraint_state)
-        coefficient = penalty_value(penalty_coefficient, constraint_state.constraint_features)
+        coefficient = checked_penalty_value(penalty_coefficient, constraint_state)
         term = augmented_lagrangian_term(value, coefficient, constraint_state.violation, self.constraint_type)
         return ContributionStore(term, value, coefficient)
 

@@ -79,6 +79,11 @@ class ExplicitMultiplier(Multiplier):
         return self.weight.device
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of ``weight`` (read directly: ``nn.Module`` attribute lookup is slow on a hot path)."""
+        return self._parameters["weight"].dtype  # type: ignore[union-attr]
+
+    @property
     def num_constraints(self) -> int:
         return self.weight.shape[0]
 
@@ -131,12 +136,16 @@ class ExplicitMultiplier(Multiplier):
 
     @torch.no_grad()
     def post_step_(self) -> None:
-        r"""Project inequality multipliers onto :math:`\lambda \ge 0` (observed rows only when known)."""
+        r"""Project inequality multipliers onto :math:`\lambda \ge 0`.
+
+        Only the observed rows when the gradient is sparse (the optimizer moved no other row); every row
+        when it is dense (a stateful optimizer — momentum, Adam — also moves rows not observed now).
+        """
         weight = self.weight
         if self.constraint_type != ConstraintType.INEQUALITY or weight.grad is None:
             return
         rows = self.observed_rows()
-        if rows is None:
+        if rows is None or not weight.grad.is_sparse:
             weight.clamp_(min=0)
         else:
             weight.index_copy_(0, rows, weight.index_select(0, rows).clamp_(min=0))
@@ -217,7 +226,8 @@ class IndexedMultiplier(ExplicitMultiplier):
                 "IndexedMultiplier: constraint_features must be an integer tensor (torch.long), "
                 f"got dtype {constraint_features.dtype}"
             )
-        return constraint_features.reshape(-1)
+        rows = constraint_features.reshape(-1)
+        return rows if rows.dtype == torch.int64 else rows.long()  # index_copy_ & co. take int64 ids
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         """Return the differentiable multiplier values of the rows ``indices``."""
@@ -296,11 +306,13 @@ def initial_multiplier_values(
     """Validate the constructor arguments of an explicit multiplier and return its initial values."""
     if not dtype.is_floating_point:
         raise TypeError(f"Multiplier: dtype must be a floating dtype, got {dtype}")
+    if num_constraints is not None and (
+        isinstance(num_constraints, bool) or not isinstance(num_constraints, int) or num_constraints < 1
+    ):
+        raise ValueError(f"Multiplier: num_constraints must be a positive int, got {num_constraints!r}")
     if init is None:
         if num_constraints is None:
             raise ValueError("Multiplier: give num_constraints or init (both are None)")
-        if isinstance(num_constraints, bool) or not isinstance(num_constraints, int) or num_constraints < 1:
-            raise ValueError(f"Multiplier: num_constraints must be a positive int, got {num_constraints!r}")
         return torch.zeros(num_constraints, device=device, dtype=dtype)
     if not isinstance(init, torch.Tensor):
         raise TypeError(f"Multiplier: init must be a torch.Tensor, got {type(init).__name__}")

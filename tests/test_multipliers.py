@@ -113,8 +113,30 @@ def test_indexed_gradient_and_projection_touch_observed_rows_only(sparse_grad: b
     optimizer = torch.optim.SGD(multiplier.parameters(), lr=1.0, maximize=True)
     optimizer.step()
     multiplier.post_step_()
-    # rows 0 and 4 were not observed: left alone (still negative) although the multiplier is projected
-    assert torch.equal(multiplier.weight.detach().flatten(), torch.tensor([-5.0, 0.0, 0.2, 2.3, -5.0, 0.5]))
+    # rows 0 and 4 were not observed: with a sparse gradient no optimizer moved them and they are left
+    # alone (still negative); with a dense one a stateful optimizer may have, so every row is projected
+    unobserved = -5.0 if sparse_grad else 0.0
+    expected_weight = torch.tensor([unobserved, 0.0, 0.2, 2.3, unobserved, 0.5])
+    assert torch.equal(multiplier.weight.detach().flatten(), expected_weight)
+
+
+def test_dense_gradient_momentum_never_leaves_unobserved_rows_negative() -> None:
+    """Adam keeps moving a row after it was observed; with dense gradients every row is projected."""
+    constraint = cooper.Constraint(
+        cooper.ConstraintType.INEQUALITY, multiplier=IndexedMultiplier(num_constraints=4, sparse_grad=False)
+    )
+    multiplier = constraint.multiplier
+    assert isinstance(multiplier, IndexedMultiplier)
+    optimizer = torch.optim.Adam(multiplier.parameters(), lr=0.1, maximize=True)
+    for rows, values in (
+        (torch.tensor([0]), torch.tensor([-1.0])),
+        (torch.zeros(0, dtype=torch.long), torch.zeros(0)),
+    ):
+        multiplier.weight.grad = None
+        multiplier.add_dual_gradient_(values, rows)
+        optimizer.step()
+        multiplier.post_step_()
+        assert bool((multiplier.weight >= 0).all()), multiplier.weight
 
 
 def test_indexed_values_and_feature_checks() -> None:

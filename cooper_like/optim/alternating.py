@@ -41,7 +41,7 @@ class AlternatingPrimalDualOptimizer(ConstrainedOptimizer):
         ``compute_cmp_state`` was re-run, else :math:`f(\\theta_t)`.
         """
         self.zero_grad()
-        cmp_state = self.evaluate(compute_cmp_state_kwargs)
+        cmp_state = self.evaluate(compute_cmp_state_kwargs, for_dual_update=False)
         primal_store = cmp_state.compute_primal_lagrangian()
         if not self.guard.admits(cmp_state, primal_store, None):
             return RollOut(cmp_state.loss, cmp_state, primal_store, cmp_state.compute_dual_lagrangian())
@@ -51,7 +51,7 @@ class AlternatingPrimalDualOptimizer(ConstrainedOptimizer):
         with torch.no_grad():
             new_state = self.measure_violations(compute_cmp_state_kwargs, compute_violations_kwargs)
         dual_store = new_state.compute_dual_lagrangian()
-        if self.guard.admits(new_state, None, dual_store):
+        if self.guard.admits(new_state, None, dual_store, already_applied="primal step"):
             dual_store.backward()
             self.dual_step()
             self.update_penalty_coefficients(new_state.observed_constraints)
@@ -74,7 +74,7 @@ class AlternatingPrimalDualOptimizer(ConstrainedOptimizer):
             raise RuntimeError(
                 f"{type(self.cmp).__name__}.compute_violations must leave loss=None (it measures constraints only)"
             )
-        return state
+        return self.synchronize(state)
 
 
 class AlternatingDualPrimalOptimizer(ConstrainedOptimizer):
@@ -100,7 +100,7 @@ class AlternatingDualPrimalOptimizer(ConstrainedOptimizer):
         self.dual_step()
         self.update_penalty_coefficients(cmp_state.observed_constraints)
         primal_store = cmp_state.compute_primal_lagrangian()
-        if self.guard.admits(cmp_state, primal_store, None):
+        if self.guard.admits(cmp_state, primal_store, None, already_applied="dual step"):
             primal_store.backward()
             self.primal_step()
         return RollOut(cmp_state.loss, cmp_state, primal_store, dual_store)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -26,6 +27,10 @@ class ConstrainedOptimizer(CooperOptimizer):
         penalty_coefficient_updater: Optional updater(s) that ``roll()`` applies after each dual step to
             the constraints measured for it (opt-in; Cooper requires a manual call).
         non_finite: ``"raise"`` (default), ``"skip"`` or ``"off"`` — see :class:`NonFiniteGuard`.
+        distributed: Multi-process training: ``None`` (default) uses the global violations for the dual
+            update whenever a ``torch.distributed`` process group with more than one process is
+            initialised, ``True`` requires one, ``False`` never communicates. See
+            :mod:`cooper_like.distributed`.
     """
 
     def __init__(
@@ -38,12 +43,15 @@ class ConstrainedOptimizer(CooperOptimizer):
         | Sequence[PenaltyCoefficientUpdater]
         | None = None,
         non_finite: NonFinitePolicy | str = NonFinitePolicy.RAISE,
+        distributed: bool | None = None,
     ) -> None:
         if dual_optimizers is None:
             raise TypeError(
                 f"{type(self).__name__} needs dual_optimizers (use UnconstrainedOptimizer otherwise)"
             )
-        super().__init__(cmp, primal_optimizers, dual_optimizers, non_finite=non_finite)
+        super().__init__(
+            cmp, primal_optimizers, dual_optimizers, non_finite=non_finite, distributed=distributed
+        )
         assert self.dual_optimizers is not None
         for index, optimizer in enumerate(self.dual_optimizers):
             for group_index, group in enumerate(optimizer.param_groups):
@@ -52,6 +60,7 @@ class ConstrainedOptimizer(CooperOptimizer):
                         f"dual_optimizers[{index}] ({type(optimizer).__name__}) param group {group_index} has "
                         "maximize=False: dual optimizers ascend on the Lagrangian, build them with maximize=True"
                     )
+                check_eps_representable(optimizer, index, group_index, group)
         if penalty_coefficient_updater is None:
             self.penalty_coefficient_updaters: list[PenaltyCoefficientUpdater] = []
         elif isinstance(penalty_coefficient_updater, PenaltyCoefficientUpdater):
@@ -89,3 +98,23 @@ class ConstrainedOptimizer(CooperOptimizer):
         """Apply the attached penalty-coefficient updaters (if any) to the measured constraints."""
         for updater in self.penalty_coefficient_updaters:
             updater.step(observed_constraints)
+
+
+def check_eps_representable(
+    optimizer: torch.optim.Optimizer, index: int, group_index: int, group: dict[str, Any]
+) -> None:
+    r"""Raise if an optimizer's ``eps`` rounds to 0 in the dtype of a multiplier it updates.
+
+    Adam-like updates divide by :math:`\sqrt{v} + \epsilon`; with :math:`\epsilon = 0` an entry whose
+    gradient is 0 becomes :math:`0/0` = NaN. The default ``eps=1e-8`` is 0 in float16.
+    """
+    eps = group.get("eps")
+    if not isinstance(eps, (int, float)) or eps <= 0:
+        return
+    for parameter in group["params"]:
+        if parameter.dtype.is_floating_point and torch.tensor(eps, dtype=parameter.dtype).item() == 0:
+            raise ValueError(
+                f"dual_optimizers[{index}] ({type(optimizer).__name__}) param group {group_index}: eps={eps} "
+                f"is 0 in {parameter.dtype}, so multipliers with a zero gradient would become NaN; keep the "
+                "multipliers in float32 (the default) or raise eps"
+            )

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple, TypedDict, TypeVar
 
 import torch
 
+from cooper_like import distributed as distributed_training
 from cooper_like.optim.non_finite import NonFiniteGuard, NonFinitePolicy
 from cooper_like.problem import CMPState, ConstrainedMinimizationProblem, LagrangianStore
 
@@ -56,6 +57,12 @@ class CooperOptimizer(abc.ABC):
         primal_optimizers: Optimizer(s) of the model parameters.
         dual_optimizers: Optimizer(s) of the multipliers (``maximize=True``), or ``None``.
         non_finite: :class:`NonFinitePolicy` for NaN/Inf values: ``"raise"`` (default), ``"skip"``, ``"off"``.
+        distributed: Multi-process training (see :mod:`cooper_like.distributed`). ``None`` (default):
+            when a ``torch.distributed`` process group with more than one process is initialised, the
+            dual updates use the global violations (so every process keeps identical multipliers) and
+            NaN/Inf decisions are shared; otherwise nothing changes and nothing is communicated.
+            ``True``: the same, but a process group must exist when the optimizer is built.
+            ``False``: never communicate (each process updates its multipliers from its own shard).
     """
 
     def __init__(
@@ -65,6 +72,7 @@ class CooperOptimizer(abc.ABC):
         dual_optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
         *,
         non_finite: NonFinitePolicy | str = NonFinitePolicy.RAISE,
+        distributed: bool | None = None,
     ) -> None:
         if not isinstance(cmp, ConstrainedMinimizationProblem):
             raise TypeError(f"cmp must be a ConstrainedMinimizationProblem, got {type(cmp).__name__}")
@@ -73,7 +81,8 @@ class CooperOptimizer(abc.ABC):
         self.dual_optimizers = (
             None if dual_optimizers is None else as_optimizer_list(dual_optimizers, "dual_optimizers")
         )
-        self.guard = NonFiniteGuard(non_finite)
+        self.distributed = distributed_training.resolve_switch(distributed)
+        self.guard = NonFiniteGuard(non_finite, distributed=self.distributed)
 
     @property
     def skipped_steps(self) -> int:
@@ -95,14 +104,27 @@ class CooperOptimizer(abc.ABC):
         for optimizer in self.primal_optimizers:
             optimizer.step()
 
-    def evaluate(self, compute_cmp_state_kwargs: dict[str, Any] | None) -> CMPState:
-        """Call ``cmp.compute_cmp_state(**kwargs)`` and check that it returned a :class:`CMPState`."""
+    def evaluate(
+        self, compute_cmp_state_kwargs: dict[str, Any] | None, *, for_dual_update: bool = True
+    ) -> CMPState:
+        """Call ``cmp.compute_cmp_state(**kwargs)`` and check that it returned a :class:`CMPState`.
+
+        In distributed training (see ``distributed``) and when the measurement will drive a dual update,
+        its strict violations are replaced by their global values
+        (:func:`~cooper_like.distributed.synchronize_dual_measurements`).
+        """
         cmp_state = self.cmp.compute_cmp_state(**(compute_cmp_state_kwargs or {}))
         if not isinstance(cmp_state, CMPState):
             raise TypeError(
                 f"{type(self.cmp).__name__}.compute_cmp_state must return a CMPState, got {type(cmp_state).__name__}"
             )
-        return cmp_state
+        return self.synchronize(cmp_state) if for_dual_update else cmp_state
+
+    def synchronize(self, cmp_state: CMPState) -> CMPState:
+        """``cmp_state`` with global dual measurements when distributed training is on, else unchanged."""
+        if not distributed_training.switch_is_on(self.distributed):
+            return cmp_state
+        return distributed_training.synchronize_dual_measurements(cmp_state)
 
     def state_dict(self) -> CooperOptimizerState:
         """Primal and dual optimizer states (LR-scheduler state is saved by the scheduler itself)."""

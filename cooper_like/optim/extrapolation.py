@@ -8,6 +8,7 @@ import torch
 
 from cooper_like.optim.constrained_optimizer import ConstrainedOptimizer
 from cooper_like.optim.cooper_optimizer import RollOut
+from cooper_like.optim.non_finite import NonFiniteError
 
 
 class ExtrapolationConstrainedOptimizer(ConstrainedOptimizer):
@@ -75,7 +76,12 @@ class ExtrapolationConstrainedOptimizer(ConstrainedOptimizer):
         extrapolated_state = self.evaluate(compute_cmp_state_kwargs)
         extrapolated_primal = extrapolated_state.compute_primal_lagrangian()
         extrapolated_dual = extrapolated_state.compute_dual_lagrangian()
-        if not self.guard.admits(extrapolated_state, extrapolated_primal, extrapolated_dual):
+        try:
+            admitted = self.guard.admits(extrapolated_state, extrapolated_primal, extrapolated_dual)
+        except NonFiniteError:  # "raise": leave (θ_t, λ_t) as they were, as the error says
+            self.cancel_extrapolation()
+            raise
+        if not admitted:
             self.cancel_extrapolation()
             return roll_out
         extrapolated_primal.backward()

@@ -8,6 +8,8 @@ import warnings
 
 import torch
 
+from cooper_like import distributed as distributed_training
+from cooper_like.multipliers import ExplicitMultiplier
 from cooper_like.problem import CMPState, LagrangianStore
 
 
@@ -47,6 +49,10 @@ def values_to_check(
 
     The primal Lagrangian covers the loss, the violations and the multipliers that enter it
     (:math:`0 \cdot \infty` is NaN); strict violations and the measurements left out of it are added.
+    Penalty terms clip violations (:math:`[-\infty]_+ = 0`), so the violations of constraints whose
+    formulation ``may_hide_non_finite_violation`` (all but the plain Lagrangian) are checked as well, and a
+    dual gradient is checked in the multiplier's dtype when it differs from the violation's (a value
+    finite in float32 can overflow float16).
     """
     values = []
     if primal_store is not None and primal_store.lagrangian is not None:
@@ -54,14 +60,35 @@ def values_to_check(
     elif cmp_state.loss is not None:
         values.append(cmp_state.loss)
     in_primal = primal_store is not None
-    for state in cmp_state.observed_constraints.values():
+    for constraint, state in cmp_state.observed_constraints.items():
         if state.strict_violation is not None:
             values.append(state.strict_violation)
-        if not (in_primal and state.contributes_to_primal_update):
+        covered = in_primal and state.contributes_to_primal_update
+        if not covered or constraint.formulation.may_hide_non_finite_violation:
             values.append(state.violation)
+        multiplier = constraint.multiplier
+        if isinstance(multiplier, ExplicitMultiplier) and state.contributes_to_dual_update:
+            dual_gradient = state.strict_violation if state.strict_violation is not None else state.violation
+            if dual_gradient.dtype != multiplier.dtype:  # e.g. 7e4 is finite in float32, not in float16
+                values.append(dual_gradient.detach().to(multiplier.dtype))
     if dual_store is not None and dual_store.autograd_part is not None:
         values.append(dual_store.autograd_part)
     return values
+
+
+def finite_total(value: torch.Tensor) -> torch.Tensor:
+    """A scalar that is finite iff every entry of ``value`` is: the value itself, or its sum.
+
+    On the CPU the sum is taken in float64 and on other devices low-precision values are summed in
+    float32, so that large finite entries (a float16 violation of 6e4, say) never overflow the sum into
+    a false alarm.
+    """
+    if value.dim() == 0:
+        return value
+    value = value.detach()
+    if value.device.type == "cpu":
+        return value.sum(dtype=torch.float64)
+    return value.sum(dtype=torch.float32) if value.dtype in (torch.float16, torch.bfloat16) else value.sum()
 
 
 class NonFiniteGuard:
@@ -74,16 +101,24 @@ class NonFiniteGuard:
     so the error names the step *before*; ``SKIP`` must decide before updating and therefore synchronises
     (as ``torch.amp.GradScaler`` does).
 
+    In distributed training the verdict is shared (one scalar ``all_reduce``): when any process sees a
+    non-finite value, every process raises or skips the step, so none is left waiting in a collective.
+
     Args:
         policy: A :class:`NonFinitePolicy` or its string value.
+        distributed: The optimizer's ``distributed`` switch (``None``: share the verdict whenever a process
+            group with more than one process is initialised; ``False``: never).
     """
 
-    def __init__(self, policy: NonFinitePolicy | str = NonFinitePolicy.RAISE) -> None:
+    def __init__(
+        self, policy: NonFinitePolicy | str = NonFinitePolicy.RAISE, distributed: bool | None = None
+    ) -> None:
         try:
             self.policy = NonFinitePolicy(policy)
         except ValueError:
             choices = [p.value for p in NonFinitePolicy]
             raise ValueError(f"non_finite must be one of {choices}, got {policy!r}") from None
+        self.distributed = distributed
         self.skipped_steps = 0
         self._pending: tuple[torch.Tensor, torch.Event] | None = None
 
@@ -92,25 +127,36 @@ class NonFiniteGuard:
         cmp_state: CMPState,
         primal_store: LagrangianStore | None = None,
         dual_store: LagrangianStore | None = None,
+        *,
+        already_applied: str | None = None,
     ) -> bool:
-        """``True`` if the step may proceed; raises or returns ``False`` (skip) otherwise."""
+        """``True`` if the step may proceed; raises or returns ``False`` (skip) otherwise.
+
+        ``already_applied`` names the half-step a scheme applied before this check (for the message).
+        """
         if self.policy is NonFinitePolicy.OFF:
             return True
         values = values_to_check(cmp_state, primal_store, dual_store)
-        if not values:
+        shared = distributed_training.switch_is_on(self.distributed)
+        if not values and not shared:
             return True
-        if values[0].device.type != "cpu" and self.policy is NonFinitePolicy.RAISE:
+        if values and values[0].device.type != "cpu" and self.policy is NonFinitePolicy.RAISE and not shared:
             self._check_pending()
-            self._defer(torch.isfinite(torch.stack([value.detach().sum() for value in values]).sum()))
+            self._defer(torch.stack([torch.isfinite(finite_total(value)) for value in values]).all())
             return True
-        if all(
-            math.isfinite((value if value.dim() == 0 else value.detach().sum()).item()) for value in values
-        ):
+        finite_here = all(math.isfinite(finite_total(value).item()) for value in values)
+        finite = distributed_training.all_ranks_agree(finite_here) if shared else finite_here
+        if finite:
             return True
-        culprits = ", ".join(non_finite_measurements(cmp_state))
+        culprits = ", ".join(non_finite_measurements(cmp_state)) if not finite_here else "on another process"
+        applied = (
+            "nothing was updated"
+            if already_applied is None
+            else f"the {already_applied} was applied, nothing else"
+        )
         if self.policy is NonFinitePolicy.RAISE:
             raise NonFiniteError(
-                f"non-finite value in this step ({culprits}); nothing was updated. Pass non_finite='skip' to "
+                f"non-finite value in this step ({culprits}); {applied}. Pass non_finite='skip' to "
                 "the constrained optimizer to skip such steps instead"
             )
         self.skipped_steps += 1

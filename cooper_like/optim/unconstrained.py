@@ -19,6 +19,8 @@ class UnconstrainedOptimizer(CooperOptimizer):
         cmp: The problem.
         primal_optimizers: Optimizer(s) of the model parameters.
         non_finite: ``"raise"`` (default), ``"skip"`` or ``"off"``.
+        distributed: ``None`` (default), ``True`` or ``False``; with a process group, NaN/Inf decisions are
+            shared by every process (see :class:`~cooper_like.optim.CooperOptimizer`).
     """
 
     def __init__(
@@ -27,13 +29,14 @@ class UnconstrainedOptimizer(CooperOptimizer):
         primal_optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
         *,
         non_finite: NonFinitePolicy | str = NonFinitePolicy.RAISE,
+        distributed: bool | None = None,
     ) -> None:
-        super().__init__(cmp, primal_optimizers, None, non_finite=non_finite)
+        super().__init__(cmp, primal_optimizers, None, non_finite=non_finite, distributed=distributed)
 
     def roll(self, compute_cmp_state_kwargs: dict[str, Any] | None = None) -> RollOut:
         """One primal step on the primal Lagrangian (the loss when there are no penalty terms)."""
         self.zero_grad()
-        cmp_state = self.evaluate(compute_cmp_state_kwargs)
+        cmp_state = self.evaluate(compute_cmp_state_kwargs, for_dual_update=False)
         primal_store = cmp_state.compute_primal_lagrangian()
         if self.guard.admits(cmp_state, primal_store):
             primal_store.backward()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,7 @@ def add_sweep_parser(commands: argparse._SubParsersAction) -> None:
     sweep.add_argument(
         "--no-bisect", action="store_true", help="skip the λ bisection of the penalized method"
     )
+    sweep.add_argument("--report-only", action="store_true", help="only tabulate the runs finished so far")
     sweep.add_argument("--out", type=Path, required=True)
 
 
@@ -63,16 +65,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from problems.sparsity.train import train
 
         metrics = train(config)
-        keys = ("test_accuracy", "test_time_density", "expected_density", "target_density", "wall_time_s")
-        json.dump({key: metrics[key] for key in keys}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+            keys = ("test_accuracy", "test_time_density", "expected_density", "target_density", "wall_time_s")
+            json.dump({key: metrics[key] for key in keys}, sys.stdout, indent=2)
+            sys.stdout.write("\n")
     elif arguments.command == "export":
         from problems.sparsity.export_run import export_checkpoint
 
         export_checkpoint(arguments.checkpoint, arguments.out)
     else:
-        from problems.sparsity.sweep import sweep
+        from problems.sparsity.sweep import report, sweep
 
+        if arguments.report_only:
+            sys.stdout.write(report(arguments.out))
+            return 0
         unknown = sorted(set(arguments.methods) - {"constrained", "penalized", "magnitude"})
         if unknown:
             parser.error(f"--methods: unknown method(s) {unknown}")

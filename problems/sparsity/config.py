@@ -53,7 +53,28 @@ class SparsityConfig(TrainConfig):
     droprate_init: float = Field(default=0.5, gt=0, lt=1, description="initial drop rate of the gates")
     finetune_epochs: int = Field(default=10, ge=0, description="fine-tuning epochs after magnitude pruning")
     epochs: int = Field(default=30, ge=1, description="training epochs")
-    resume: Path | None = Field(default=None, description="directory of a run to resume")
+    resume: Path | None = Field(
+        default=None,
+        description="directory of a run to resume (mid-epoch included; the previous checkpoint if the latest is damaged)",
+    )
+    checkpoint_every: int = Field(
+        default=0,
+        ge=0,
+        description="also checkpoint every this many steps (0: at the end of every epoch only)",
+    )
+    non_finite: Literal["raise", "skip", "off"] = Field(
+        default="raise",
+        description="NaN/Inf in the loss or a violation: raise, skip the step (counted), or off",
+    )
+    autocast: bool = Field(
+        default=False,
+        description="forward pass under torch.autocast (CPU, bfloat16); multipliers stay float32",
+    )
+    distributed: bool = Field(
+        default=False,
+        description="DistributedDataParallel over torchrun's processes (gloo): each takes its shard of every "
+        "batch, the multipliers follow the global violation, rank 0 writes the outputs",
+    )
     out: Path = Field(default=Path("runs/sparsity"), description="output directory")
 
     @field_validator("target_density", mode="before")

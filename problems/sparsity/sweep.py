@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from problems.scaffold.checkpoints import atomic_write_text
+from problems.scaffold.resumable import has_checkpoint
 from problems.sparsity.config import SparsityConfig
 
 TOLERANCE = 0.01  # ±1 percentage point of density
@@ -65,7 +66,7 @@ class RunSpec:
             values["lmbda"] = self.lmbda
         if epochs is not None:
             values["epochs"] = epochs
-        if (out / "checkpoint.pt").exists():
+        if has_checkpoint(out / "checkpoint.pt"):
             values["resume"] = out
         return SparsityConfig(**values)
 
@@ -201,6 +202,28 @@ def sweep(
         for model in models:
             for target in targets:
                 bisections[(model, target)] = bisect_lambda(model, target, root, epochs)
+    table = summarize(results, bisections)
+    atomic_write_text(root / "table.md", table)
+    return table
+
+
+def report(root: Path) -> str:
+    """The table of whatever has finished under ``root/runs`` so far (a sweep may still be running)."""
+    results: dict[RunSpec, dict[str, Any]] = {}
+    penalized: dict[tuple[str, float], list[tuple[float, float, dict[str, Any]]]] = {}
+    for path in sorted((root / "runs").glob("*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        config = metrics["config"]
+        model, target, method = config["model"], float(config["target_density"][0]), config["method"]
+        if method == "penalized":
+            entry = (path.stat().st_mtime, float(config["lmbda"]), metrics)
+            penalized.setdefault((model, target), []).append(entry)
+        else:
+            results[RunSpec(model, target, method, config["seed"], config["layerwise"])] = metrics
+    bisections = {
+        key: [(lmbda, m) for _, lmbda, m in sorted(runs, key=lambda e: e[0])]
+        for key, runs in penalized.items()
+    }
     table = summarize(results, bisections)
     atomic_write_text(root / "table.md", table)
     return table

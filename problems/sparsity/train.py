@@ -1,10 +1,20 @@
-"""Training runs of the sparsity problem: constrained (this library), penalized L0, magnitude pruning."""
+"""Training runs of the sparsity problem: constrained (this library), penalized L0, magnitude pruning.
+
+A run is resumable at any step: checkpoints are written atomically every ``checkpoint_every`` steps and
+at the end of every epoch (the latest two are kept, each with a digest), and the batch order of an
+epoch is a function of ``(seed, epoch)``, so ``--resume DIR`` continues mid-epoch exactly where the
+checkpoint was taken. With ``distributed`` the run spans ``torchrun``'s processes (gloo,
+DistributedDataParallel on the model, each process training on its shard of every batch, the
+multipliers updated from the global violation); rank 0 writes every file.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +22,16 @@ import torch
 from torch import nn
 
 import cooper_like as cooper
-from problems.scaffold.checkpoints import atomic_write_text, load_checkpoint, save_checkpoint
+from problems.scaffold.checkpoints import atomic_write_text
 from problems.scaffold.datasets import DataSplit, load_digits_split, mnist5k_split
+from problems.scaffold.ddp import Session, start_session
 from problems.scaffold.metrics_log import MetricsLogger
 from problems.scaffold.progress import progress
+from problems.scaffold.resumable import (
+    load_latest_checkpoint,
+    remove_stale_temporaries,
+    save_rotating_checkpoint,
+)
 from problems.scaffold.seeding import rng_state, seed_everything, set_rng_state
 from problems.sparsity.config import SparsityConfig
 from problems.sparsity.layers import L0Layer
@@ -70,16 +86,19 @@ def primal_optimizer(config: SparsityConfig, model: nn.Module, extrapolating: bo
 
 
 def build_constrained(
-    config: SparsityConfig, model: nn.Module
+    config: SparsityConfig, model: nn.Module, forward: nn.Module | None = None
 ) -> tuple[ControlledSparsity, cooper.optim.CooperOptimizer, dict[str, Any]]:
-    """The constrained problem, its optimizer, and the companions chosen automatically (recorded)."""
+    """The constrained problem, its optimizer, and the companions chosen automatically (recorded).
+
+    ``forward`` is the module the problem calls (``model`` itself, or a DDP / autocast wrapper of it).
+    """
     companions: dict[str, Any] = {}
     penalty = config.dual_lr
     if config.formulation == "augmented-lagrangian":
         companions["penalty_coefficient"] = penalty
         companions["note"] = "dual lr = penalty coefficient: the classical multiplier update"
     problem = ControlledSparsity(
-        model,
+        model if forward is None else forward,
         config.target_density if config.layerwise else config.target_density[0],
         layerwise=config.layerwise,
         formulation=config.formulation,
@@ -108,7 +127,14 @@ def build_constrained(
         "alternating": cooper.optim.AlternatingPrimalDualOptimizer,
         "extrapolation": cooper.optim.ExtrapolationConstrainedOptimizer,
     }[config.scheme]
-    return problem, scheme(cmp=problem, primal_optimizers=primal, dual_optimizers=dual), companions
+    optimizer = scheme(
+        cmp=problem,
+        primal_optimizers=primal,
+        dual_optimizers=dual,
+        non_finite=config.non_finite,
+        distributed=config.distributed,
+    )
+    return problem, optimizer, companions
 
 
 @torch.no_grad()
@@ -166,9 +192,30 @@ class CrossEntropy(cooper.ConstrainedMinimizationProblem):
         return cooper.CMPState(loss=nn.functional.cross_entropy(logits, labels))
 
 
+class AutocastForward(nn.Module):
+    """Runs the wrapped model's forward pass under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
+
+    The outputs are cast back to float32, so the loss, the constraints (computed outside, from the
+    float32 gate parameters) and the multipliers stay in float32; backward runs outside autocast.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = self.module(inputs)
+        return outputs.float()
+
+
 @dataclass
 class Run:
-    """Everything a training run steps and checkpoints."""
+    """Everything a training run steps and checkpoints.
+
+    ``model`` is the bare network (checkpoints, evaluation); the problem calls ``forward``, which is
+    ``model`` wrapped for autocast and/or DistributedDataParallel when the config asks for them.
+    """
 
     config: SparsityConfig
     model: nn.Module
@@ -176,27 +223,32 @@ class Run:
     optimizer: cooper.optim.CooperOptimizer
     companions: dict[str, Any]
     masks: dict[str, torch.Tensor] | None = None
+    forward: nn.Module | None = None
 
 
-def build_run(config: SparsityConfig, num_features: int) -> Run:
+def build_run(config: SparsityConfig, num_features: int, session: Session | None = None) -> Run:
+    session = session or Session()
     model = build_model(config, num_features, gated=config.method != "magnitude")
+    forward = session.wrap(AutocastForward(model) if config.autocast else model)
+    guard: dict[str, Any] = {"non_finite": config.non_finite, "distributed": config.distributed}
     if config.method == "constrained":
-        problem, optimizer, companions = build_constrained(config, model)
-        return Run(config, model, problem, optimizer, companions)
+        problem, optimizer, companions = build_constrained(config, model, forward)
+        return Run(config, model, problem, optimizer, companions, forward=forward)
     if config.method == "penalized":
-        penalized = PenalizedL0(model, config.lmbda)
+        penalized = PenalizedL0(forward, config.lmbda)
         optimizer = cooper.optim.UnconstrainedOptimizer(
-            cmp=penalized, primal_optimizers=primal_optimizer(config, model, False)
+            cmp=penalized, primal_optimizers=primal_optimizer(config, model, False), **guard
         )
-        return Run(config, model, penalized, optimizer, {"lmbda": config.lmbda})
-    plain = CrossEntropy(model)
+        return Run(config, model, penalized, optimizer, {"lmbda": config.lmbda}, forward=forward)
+    plain = CrossEntropy(forward)
     adam = torch.optim.Adam(model.parameters(), lr=config.lr)
     return Run(
         config,
         model,
         plain,
-        cooper.optim.UnconstrainedOptimizer(cmp=plain, primal_optimizers=adam),
+        cooper.optim.UnconstrainedOptimizer(cmp=plain, primal_optimizers=adam, **guard),
         {"finetune_epochs": config.finetune_epochs},
+        forward=forward,
     )
 
 
@@ -229,45 +281,141 @@ def multiplier_values(run: Run) -> list[float]:
     return [float(v) for p in run.problem.dual_parameters() for v in p.detach().flatten()]
 
 
-def train(config: SparsityConfig) -> dict[str, Any]:
-    """Train, log every epoch, checkpoint atomically every epoch, write ``metrics.json`` and plots."""
+@dataclass
+class Position:
+    """Where a run stands: the next (epoch, batch) to train and what has been accumulated so far.
+
+    ``batch_losses`` holds, for each batch of the current epoch, the sum of the per-process mean
+    losses weighted by the shard sizes and the batch size (``[loss * n, n]``, summed over the
+    processes); ``pending`` holds this process's rows not yet summed over the processes.
+    """
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    wall_time: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    batch_losses: list[list[float]] = field(default_factory=list)
+    pending: list[list[float]] = field(default_factory=list)
+
+    def flush(self) -> None:
+        """Sum the pending loss rows over the processes (a collective: every process calls it together)."""
+        if self.pending:
+            summed = cooper.distributed.global_sum(torch.tensor(self.pending, dtype=torch.float64))
+            self.batch_losses.extend(summed.tolist())
+            self.pending = []
+
+    def epoch_loss(self) -> float:
+        """Mean over the epoch's batches of the batch loss, skipped (non-finite) batches left out."""
+        self.flush()
+        means = [total / count for total, count in self.batch_losses if count > 0]
+        finite = [mean for mean in means if math.isfinite(mean)]
+        return sum(finite) / len(finite) if finite else float("nan")
+
+
+StepCallback = Callable[[Run, int], None]
+
+
+def train(config: SparsityConfig, on_step: StepCallback | None = None) -> dict[str, Any]:
+    """Train, log every epoch, checkpoint atomically, write ``metrics.json`` and plots.
+
+    Args:
+        config: The run.
+        on_step: Called as ``on_step(run, step)`` after every optimisation step (tests, monitoring).
+    """
+    session = start_session(config.distributed)
+    try:
+        return train_session(config, session, on_step)
+    finally:
+        session.close()
+
+
+def train_session(config: SparsityConfig, session: Session, on_step: StepCallback | None) -> dict[str, Any]:
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
+    if session.writes:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out / CHECKPOINT)
+    seed_everything(config.seed)  # the same seed on every process: identical gate samples everywhere
     data = load_data(config)
-    run = build_run(config, data.x_train.shape[1])
+    run = build_run(config, data.x_train.shape[1], session)
     total_epochs = config.epochs + (config.finetune_epochs if config.method == "magnitude" else 0)
-    start_epoch, wall_time = 0, 0.0
-    history: list[dict[str, Any]] = []
+    position = Position()
     if config.resume is not None:
-        start_epoch, wall_time, history = restore(run, Path(config.resume) / CHECKPOINT)
+        position = restore(run, Path(config.resume) / CHECKPOINT, session)
 
-    with MetricsLogger(out) as logger:
-        for row in history:
-            logger.log(**row)
+    logger = MetricsLogger(out) if session.writes else None
+    try:
+        for row in position.history:
+            if logger is not None:
+                logger.log(**row)
         for epoch in progress(
-            range(start_epoch, total_epochs), desc="epochs", initial=start_epoch, total=total_epochs
+            range(position.epoch, total_epochs), desc="epochs", initial=position.epoch, total=total_epochs
         ):
-            started = time.perf_counter()
-            if config.method == "magnitude" and epoch == config.epochs:
-                prune_by_magnitude(run)
-            run.model.train()
-            losses = []
-            for batch in epoch_batches(config, epoch, len(data.x_train)):
-                roll_out = run.optimizer.roll({"inputs": data.x_train[batch], "labels": data.y_train[batch]})
-                if run.masks is not None:
-                    apply_masks(run)
-                losses.append(float(roll_out.loss.detach()) if roll_out.loss is not None else float("nan"))
-            wall_time += time.perf_counter() - started
-            row = epoch_row(run, data, epoch, sum(losses) / len(losses))
-            history.append(row)
-            logger.log(**row)
-            save_checkpoint(checkpoint_payload(run, epoch + 1, wall_time, history), out / CHECKPOINT)
+            train_epoch(run, data, session, position, epoch, logger, on_step)
+    finally:
+        if logger is not None:
+            logger.close()
 
-    metrics = final_metrics(run, data, total_epochs, wall_time)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    plot_history(history, config, out)
+    metrics = final_metrics(run, data, total_epochs, position.wall_time)
+    if session.writes:
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        plot_history(position.history, config, out)
     return metrics
+
+
+def train_epoch(
+    run: Run,
+    data: DataSplit,
+    session: Session,
+    position: Position,
+    epoch: int,
+    logger: MetricsLogger | None,
+    on_step: StepCallback | None,
+) -> None:
+    """Train the rest of ``epoch`` from ``position.batch``; log and checkpoint at its end."""
+    config, out = run.config, Path(run.config.out)
+    started = time.perf_counter()
+    if config.method == "magnitude" and epoch == config.epochs and position.batch == 0:
+        prune_by_magnitude(run)
+    assert run.forward is not None
+    run.forward.train()
+    batches = epoch_batches(config, epoch, len(data.x_train))
+    for index in range(position.batch, len(batches)):
+        batch = batches[index]
+        if len(batch) >= session.world:  # a last batch smaller than the number of processes is dropped
+            local = session.shard(batch)
+            roll_out = run.optimizer.roll({"inputs": data.x_train[local], "labels": data.y_train[local]})
+            if run.masks is not None:
+                apply_masks(run)
+            loss = float(roll_out.loss.detach()) if roll_out.loss is not None else float("nan")
+            position.pending.append([loss * len(local), float(len(local))])
+        position.batch, position.step = index + 1, position.step + 1
+        if on_step is not None:
+            on_step(run, position.step)
+        if (
+            config.checkpoint_every
+            and position.step % config.checkpoint_every == 0
+            and index + 1 < len(batches)
+        ):
+            position.wall_time += time.perf_counter() - started
+            started = time.perf_counter()
+            checkpoint(run, session, position, out)
+    position.wall_time += time.perf_counter() - started
+    train_loss = position.epoch_loss()
+    position.epoch, position.batch, position.batch_losses = epoch + 1, 0, []
+    if session.writes:
+        row = epoch_row(run, data, epoch, train_loss)
+        position.history.append(row)
+        assert logger is not None
+        logger.log(**row)
+    checkpoint(run, session, position, out)
+
+
+def checkpoint(run: Run, session: Session, position: Position, out: Path) -> None:
+    """Write the run's checkpoint (rank 0), keeping the previous one."""
+    position.flush()
+    if session.writes:
+        save_rotating_checkpoint(checkpoint_payload(run, position), out / CHECKPOINT)
 
 
 def prune_by_magnitude(run: Run) -> None:
@@ -300,6 +448,7 @@ def epoch_row(run: Run, data: DataSplit, epoch: int, train_loss: float) -> dict[
         row[f"multiplier/{index}"] = value
     for index, group in enumerate(run.optimizer.primal_optimizers[0].param_groups):
         row[f"lr/primal_{index}"] = group["lr"]
+    row["skipped_steps"] = run.optimizer.skipped_steps
     return row
 
 
@@ -316,23 +465,26 @@ def final_metrics(run: Run, data: DataSplit, epochs: int, wall_time: float) -> d
         "multipliers": multiplier_values(run),
         "wall_time_s": wall_time,
         "epochs": epochs,
+        "skipped_steps": run.optimizer.skipped_steps,
         "method": config.method,
         "companions": run.companions,
         "config": config.model_dump(mode="json"),
     }
 
 
-def checkpoint_payload(
-    run: Run, epoch: int, wall_time: float, history: list[dict[str, Any]]
-) -> dict[str, Any]:
+def checkpoint_payload(run: Run, position: Position) -> dict[str, Any]:
+    """Everything needed to continue the run exactly (weights-only loadable)."""
     payload: dict[str, Any] = {
         "model": run.model.state_dict(),
         "problem": run.problem.state_dict(),
         "optimizer": run.optimizer.state_dict(),
-        "epoch": epoch,
-        "wall_time_s": wall_time,
+        "epoch": position.epoch,
+        "batch": position.batch,
+        "step": position.step,
+        "batch_losses": position.batch_losses,
+        "wall_time_s": position.wall_time,
         "rng": rng_state(),
-        "history": history,
+        "history": position.history,
         "config": run.config.model_dump(mode="json"),
     }
     if run.masks is not None:
@@ -340,15 +492,35 @@ def checkpoint_payload(
     return payload
 
 
-def restore(run: Run, path: Path) -> tuple[int, float, list[dict[str, Any]]]:
-    """Load a checkpoint into ``run``; return (next epoch, wall time so far, logged history)."""
-    state = load_checkpoint(path)
+def restore(run: Run, path: Path, session: Session | None = None) -> Position:
+    """Load the newest intact checkpoint at ``path`` (or the one before it) into ``run``; return its position.
+
+    A damaged checkpoint is reported and set aside (by rank 0); every process must resume from the
+    same step, or the run stops with an error.
+    """
+    session = session or Session()
+    state, source = load_latest_checkpoint(path, set_aside=session.writes)
     run.model.load_state_dict(state["model"])
     run.problem.load_state_dict(state["problem"])
     run.optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     run.masks = state.get("masks")
-    return int(state["epoch"]), float(state["wall_time_s"]), list(state["history"])
+    position = Position(
+        epoch=int(state["epoch"]),
+        batch=int(state.get("batch", 0)),
+        step=int(state.get("step", 0)),
+        wall_time=float(state["wall_time_s"]),
+        history=list(state["history"]),
+        batch_losses=[list(row) for row in state.get("batch_losses", [])],
+    )
+    if session.distributed:
+        steps = cooper.distributed.global_sum(torch.tensor([position.step], dtype=torch.int64))
+        if int(steps) != position.step * session.world:
+            raise RuntimeError(
+                f"the processes resumed from different checkpoints (rank {session.rank} read {source}, "
+                f"step {position.step}); resume from a directory every process sees the same way"
+            )
+    return position
 
 
 def plot_history(history: list[dict[str, Any]], config: SparsityConfig, out: Path) -> None:
