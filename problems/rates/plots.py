@@ -1,0 +1,91 @@
+"""PNG plots of a rate-constrained run: violations and multipliers over training, and the trade-off."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["plot_series", "plot_tradeoff"]
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the 'problems' extra is not installed: no plots
+        return None
+    return plt
+
+
+def plot_series(
+    history: Sequence[dict[str, Any]],
+    prefixes: Sequence[str],
+    path: Path,
+    *,
+    ylabel: str,
+    title: str,
+    zero_line: bool = False,
+) -> bool:
+    """One line per column of ``history`` starting with one of ``prefixes``, against ``step``.
+
+    Returns whether a file was written (False without matplotlib or without matching columns).
+    """
+    plt = _pyplot()
+    keys = sorted({key for row in history for key in row if any(key.startswith(p) for p in prefixes)})
+    if plt is None or not keys:
+        return False
+    steps = [row["step"] for row in history]
+    figure, axis = plt.subplots(figsize=(6, 3.8))
+    for key in keys:
+        axis.plot(steps, [row.get(key, float("nan")) for row in history], label=key, linewidth=1.2)
+    if zero_line:
+        axis.axhline(0.0, color="black", linewidth=0.8, linestyle=":")
+    axis.set(xlabel="step", ylabel=ylabel, title=title)
+    if len(keys) <= 12:
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True
+
+
+def plot_tradeoff(
+    xs: Sequence[float],
+    ys: Sequence[float],
+    chosen: Sequence[int],
+    path: Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    bound: float | None = None,
+    extra_points: dict[str, tuple[float, float]] | None = None,
+) -> bool:
+    """Scatter of the candidates (coloured by order), the chosen ones circled, optional bound and points."""
+    plt = _pyplot()
+    if plt is None or not xs:
+        return False
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    points = axis.scatter(xs, ys, c=range(len(xs)), cmap="viridis", s=14, label="candidates")
+    figure.colorbar(points, ax=axis, label="candidate (training order)")
+    axis.scatter(
+        [xs[i] for i in chosen],
+        [ys[i] for i in chosen],
+        s=90,
+        facecolors="none",
+        edgecolors="red",
+        label="returned",
+    )
+    for label, (x, y) in (extra_points or {}).items():
+        axis.scatter([x], [y], marker="x", s=60, label=label)
+    if bound is not None:
+        axis.axvline(bound, color="black", linewidth=0.8, linestyle=":", label="bound")
+    axis.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True

@@ -1,0 +1,275 @@
+"""The rate toolkit on hand-computed toy batches: kinds, proxies, parity/bound constraints, metrics, groups, choice."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import cooper_like as cooper
+from problems.fairness.problem import FairClassification
+from problems.rates.constraints import RateBound, RateParity, parity_weights
+from problems.rates.data import LabeledSplit, RateDataset, validation_split
+from problems.rates.groups import GroupError, GroupSpec, check_groups_nonempty
+from problems.rates.kinds import RateKind
+from problems.rates.metrics import group_rates, overall_rate, rate_report
+from problems.rates.proxies import indicator_proxy, signed_indicator_sums, true_indicator
+from problems.rates.selection import Candidate, best_candidate, best_mixture, choose
+
+# Toy batch: groups A = examples 0-2, B = examples 3-5; predictions (score > 0) = [1, 0, 1, 0, 1, 0].
+SCORES = torch.tensor([2.0, -1.0, 0.5, -3.0, 1.0, -0.5])
+LABELS = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+MEMBERSHIP = torch.tensor([[1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]], dtype=torch.bool)
+PREDICTIONS = (SCORES > 0).double()
+
+# By hand: rate in A, rate in B, rate overall.
+EXPECTED = {
+    RateKind.POSITIVE_PREDICTION: (2 / 3, 1 / 3, 1 / 2),
+    RateKind.TRUE_POSITIVE: (1 / 2, 1.0, 2 / 3),
+    RateKind.FALSE_POSITIVE: (1.0, 0.0, 1 / 3),
+    RateKind.FALSE_NEGATIVE: (1 / 2, 0.0, 1 / 3),
+    RateKind.ERROR: (2 / 3, 0.0, 1 / 3),
+}
+
+
+class FixedScores(nn.Module):
+    """A 'model' whose scores are its parameters (the inputs only give the batch size)."""
+
+    def __init__(self, scores: torch.Tensor) -> None:
+        super().__init__()
+        self.scores = nn.Parameter(scores.clone())
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.scores[: inputs.shape[0]]
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED))
+def test_true_rates_match_hand_computed_values(kind: RateKind) -> None:
+    in_a, in_b, overall = EXPECTED[kind]
+    rates = group_rates(kind, PREDICTIONS, LABELS, MEMBERSHIP)
+    assert rates.tolist() == pytest.approx([in_a, in_b])
+    assert overall_rate(kind, PREDICTIONS, LABELS) == pytest.approx(overall)
+
+
+def test_parity_weights_reproduce_rate_gaps() -> None:
+    for kind, (in_a, in_b, overall) in EXPECTED.items():
+        weights, observed = parity_weights(kind, LABELS, MEMBERSHIP)
+        _, true_gaps = signed_indicator_sums(weights, SCORES, _signs(kind), "sigmoid", 1.0)
+        assert observed.tolist() == [True, True]
+        assert true_gaps.tolist() == pytest.approx([in_a - overall, in_b - overall], abs=1e-6)
+
+
+def _signs(kind: RateKind) -> torch.Tensor:
+    from problems.rates.kinds import indicator_signs
+
+    return indicator_signs(kind, LABELS)
+
+
+def test_report_metrics_and_both_epsilon_semantics() -> None:
+    report = rate_report(PREDICTIONS, LABELS, MEMBERSHIP)
+    assert report["accuracy"] == pytest.approx(2 / 3)
+    assert report["dp_difference"] == pytest.approx(1 / 3)
+    assert report["tpr_difference"] == pytest.approx(1 / 2)
+    assert report["fpr_difference"] == pytest.approx(1.0)
+    assert report["eo_difference"] == pytest.approx(1.0)
+    assert report["dp_max_deviation"] == pytest.approx(1 / 6)  # max |r_g - r|, what epsilon bounds
+    assert report["eo_max_deviation"] == pytest.approx(2 / 3)
+    # A randomized classifier: expected rates are linear in the probabilities.
+    half = rate_report(0.5 * PREDICTIONS, LABELS, MEMBERSHIP)
+    assert half["dp_difference"] == pytest.approx(1 / 6)
+
+
+def test_tie_at_zero_counts_as_negative_prediction_in_every_rate() -> None:
+    scores = torch.zeros(4)
+    labels = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    signs = torch.tensor([1.0, 1.0, -1.0, -1.0])
+    assert true_indicator(scores, signs).tolist() == [0.0, 0.0, 1.0, 1.0]
+    error = RateKind.ERROR
+    weights = torch.full((1, 4), 0.25)
+    from problems.rates.kinds import indicator_signs
+
+    _, true_error = signed_indicator_sums(weights, scores, indicator_signs(error, labels))
+    assert float(true_error[0]) == pytest.approx(0.5)  # the two positives are missed
+
+
+def test_sigmoid_proxy_is_the_smooth_rate_and_hinge_bounds_it_from_above() -> None:
+    torch.manual_seed(0)
+    scores = torch.randn(50) * 3
+    signs = torch.where(torch.rand(50) < 0.5, -1.0, 1.0)
+    weights = torch.randn(7, 50) / 50
+    sigmoid, true = signed_indicator_sums(weights, scores, signs, "sigmoid", 0.7)
+    manual = weights @ torch.sigmoid(scores * signs / 0.7)
+    assert torch.allclose(sigmoid, manual, atol=1e-6)
+    hinge, true_again = signed_indicator_sums(weights, scores, signs, "hinge", 0.7)
+    assert torch.equal(true, true_again)
+    assert bool((hinge >= true - 1e-6).all())
+    assert indicator_proxy(torch.tensor([0.0]), "hinge").item() == 1.0
+    with pytest.raises(ValueError, match="temperature"):
+        indicator_proxy(scores, "sigmoid", 0.0)
+    with pytest.raises(ValueError, match="proxy"):
+        indicator_proxy(scores, "relu")  # type: ignore[arg-type]
+
+
+def test_parity_state_proxy_drives_the_model_true_rate_drives_the_multiplier() -> None:
+    epsilon = 0.05
+    model = FixedScores(SCORES)
+    problem = FairClassification(model, "demographic-parity", 2, epsilon, "sigmoid", 1.0)
+    constraint = problem.demographic_parity
+    multiplier = constraint.multiplier
+    assert isinstance(multiplier, cooper.multipliers.IndexedMultiplier)
+    with torch.no_grad():
+        multiplier.weight.copy_(torch.tensor([[0.3], [0.0], [0.0], [0.7]]))
+    state = problem.compute_cmp_state(torch.zeros(6, 1), LABELS, MEMBERSHIP)
+    observed = state.observed_constraints[constraint]
+    gaps = EXPECTED[RateKind.POSITIVE_PREDICTION]
+    true_gap_a, true_gap_b = gaps[0] - gaps[2], gaps[1] - gaps[2]
+    expected_strict = torch.tensor([true_gap_a, -true_gap_a, true_gap_b, -true_gap_b]) - epsilon
+    assert torch.allclose(observed.strict_violation, expected_strict, atol=1e-6)
+    assert observed.constraint_features.tolist() == [0, 1, 2, 3]
+
+    # Dual side: the multiplier's gradient is exactly the true-rate violation.
+    dual = state.compute_dual_lagrangian()
+    dual.backward()
+    assert torch.allclose(multiplier.weight.grad.to_dense().reshape(-1), expected_strict, atol=1e-6)
+
+    # Primal side: the model's gradient is that of BCE + sum_k lambda_k * (proxy gap_k - epsilon).
+    primal = state.compute_primal_lagrangian()
+    primal.backward()
+    scores = SCORES.clone().requires_grad_(True)
+    bce = nn.functional.binary_cross_entropy_with_logits(scores, LABELS)
+    smooth = torch.sigmoid(scores)
+    gap_a = smooth[:3].mean() - smooth.mean()
+    gap_b = smooth[3:].mean() - smooth.mean()
+    manual = bce + 0.3 * (gap_a - epsilon) + 0.7 * (-gap_b - epsilon)
+    manual.backward()
+    assert torch.allclose(model.scores.grad, scores.grad, atol=1e-6)
+
+
+def test_true_violation_does_not_depend_on_the_temperature() -> None:
+    low = RateParity(RateKind.TRUE_POSITIVE, 2, 0.01, "sigmoid", 0.1).measure(SCORES, LABELS, MEMBERSHIP)
+    high = RateParity(RateKind.TRUE_POSITIVE, 2, 0.01, "sigmoid", 10.0).measure(SCORES, LABELS, MEMBERSHIP)
+    assert low.state is not None and high.state is not None
+    assert torch.equal(low.state.strict_violation, high.state.strict_violation)
+    assert not torch.allclose(low.state.violation, high.state.violation)
+
+
+def test_group_empty_in_a_batch_is_skipped_and_counted() -> None:
+    parity = RateParity(RateKind.TRUE_POSITIVE, 2, 0.01)
+    no_positive_in_b = torch.tensor([[1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1]], dtype=torch.bool)
+    labels = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    measurement = parity.measure(SCORES, labels, no_positive_in_b)
+    assert measurement.skipped == 1 and parity.skipped == 1
+    assert measurement.state is not None
+    assert measurement.state.constraint_features.tolist() == [0, 1]  # only group A's two rows
+    assert math.isnan(float(measurement.true_gaps[1]))
+    nobody_positive = parity.measure(SCORES, torch.zeros(6), MEMBERSHIP)
+    assert nobody_positive.state is None and parity.skipped == 3
+
+
+def test_rate_bound_state_and_skip() -> None:
+    bound = RateBound(RateKind.FALSE_POSITIVE, 0.1)
+    state = bound.measure(SCORES, LABELS)
+    assert state is not None
+    assert float(state.strict_violation) == pytest.approx(1 / 3 - 0.1)
+    assert bound.measure(SCORES, torch.ones(6)) is None and bound.skipped == 1
+    with pytest.raises(ValueError, match="bound"):
+        RateBound(RateKind.FALSE_POSITIVE, 1.5)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, -0.1, float("nan")])
+def test_non_positive_epsilon_is_rejected(epsilon: float) -> None:
+    with pytest.raises(ValueError, match="epsilon must be a number > 0"):
+        RateParity(RateKind.POSITIVE_PREDICTION, 2, epsilon)
+    with pytest.raises(ValueError, match="epsilon"):
+        FairClassification(FixedScores(SCORES), "demographic-parity", 2, epsilon)
+
+
+def test_groups_intersectional_marginal_and_unknown_attribute() -> None:
+    table = {
+        "sex": np.array(["F", "M", "F", "M"]),
+        "race": np.array(["x", "x", "y", "y"]),
+    }
+    joint = GroupSpec.from_columns([table], ["sex", "race"])
+    assert joint.names == ["sex=F&race=x", "sex=F&race=y", "sex=M&race=x", "sex=M&race=y"]
+    assert joint.membership(table).sum(dim=0).tolist() == [1, 1, 1, 1]
+    marginal = GroupSpec.from_columns([table], ["sex", "race"], "marginal")
+    assert marginal.names == ["sex=F", "sex=M", "race=x", "race=y"]
+    assert marginal.partitions == [[0, 1], [2, 3]]
+    assert marginal.membership(table).sum(dim=0).tolist() == [2, 2, 2, 2]
+    with pytest.raises(ValueError, match=r"unknown sensitive attribute\(s\) \['age'\]"):
+        GroupSpec.from_columns([table], ["age"])
+    with pytest.raises(ValueError, match="repeat"):
+        GroupSpec.from_columns([table], ["sex", "sex"])
+
+
+def test_group_empty_in_a_whole_split_is_an_error_naming_it() -> None:
+    names = ["sex=Female", "sex=Male"]
+    labels = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    membership = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]], dtype=torch.bool)
+    check_groups_nonempty(membership, labels, names, [RateKind.POSITIVE_PREDICTION], "train")
+    with pytest.raises(GroupError, match=r"'sex=Female' has no member with label 1 in the train split"):
+        check_groups_nonempty(membership, labels, names, [RateKind.TRUE_POSITIVE], "train")
+    empty = torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    with pytest.raises(GroupError, match=r"'sex=Female' has no member in the test split"):
+        check_groups_nonempty(empty, labels, names, [RateKind.POSITIVE_PREDICTION], "test")
+    split = LabeledSplit(torch.zeros(4, 1), labels, membership)
+    spec = GroupSpec(("sex",), "intersectional", ((("sex", "Female"),), (("sex", "Male"),)))
+    dataset = RateDataset("toy", split, None, split, spec, ["x"])
+    with pytest.raises(GroupError, match="false-positive"):
+        dataset.check_groups([RateKind.FALSE_POSITIVE])
+
+
+def test_validation_split_is_stratified_and_deterministic() -> None:
+    labels = torch.tensor([0.0, 1.0] * 50)
+    membership = torch.stack([torch.arange(100) < 30, torch.arange(100) >= 30])
+    split = LabeledSplit(torch.arange(100.0).reshape(-1, 1), labels, membership)
+    fitted, held_out = validation_split(split, 0.2, seed=3)
+    _, held_again = validation_split(split, 0.2, seed=3)
+    assert held_out is not None and held_again is not None
+    assert fitted.num_examples == 80 and held_out.num_examples == 20
+    assert torch.equal(held_out.x, held_again.x)
+    assert int(held_out.membership[0].sum()) == 6  # 20% of each (group, label) cell
+    assert validation_split(split, 0.0) == (split, None)
+
+
+def test_best_candidate_prefers_feasible_then_least_violating() -> None:
+    objectives = [0.10, 0.20, 0.15, 0.30]
+    violations = [[0.05], [-0.01], [-0.02], [-0.5]]
+    assert best_candidate(objectives, violations) == (2, True)
+    assert best_candidate([0.1, 0.2], [[0.3], [0.1]]) == (1, False)
+    with pytest.raises(ValueError, match="no candidates"):
+        best_candidate([], [])
+
+
+def test_mixture_is_m_plus_one_sparse_and_makes_the_constraint_tight() -> None:
+    objectives = [0.10, 0.30, 0.40, 0.12, 0.50]
+    violations = [[0.20], [-0.20], [-0.30], [0.25], [-0.1]]
+    probabilities, feasible = best_mixture(objectives, violations)
+    assert feasible
+    assert probabilities.sum() == pytest.approx(1.0)
+    assert np.count_nonzero(probabilities) <= 2  # m + 1 with m = 1 constraint
+    assert probabilities @ np.array(violations)[:, 0] == pytest.approx(0.0, abs=1e-9)
+    assert probabilities @ np.array(objectives) == pytest.approx(0.2)  # 1/2 of #0 and 1/2 of #1
+    infeasible, ok = best_mixture([0.1, 0.2], [[0.3, 0.1], [0.1, 0.3]])
+    assert not ok
+    assert infeasible.tolist() == pytest.approx([0.5, 0.5])  # minimises the largest violation
+
+
+def test_choose_modes_and_description() -> None:
+    candidates = [
+        Candidate(10, 0.10, np.array([0.2]), {}),
+        Candidate(20, 0.30, np.array([-0.2]), {}),
+        Candidate(30, 0.25, np.array([0.1]), {}),
+    ]
+    best = choose(candidates, "best-feasible")
+    assert best.indices == [1] and best.feasible
+    assert choose(candidates, "last").indices == [2]
+    mixture = choose(candidates, "mixture")
+    assert mixture.mode == "mixture" and len(mixture.indices) <= 2
+    assert mixture.describe(candidates)["kind"] == "mixture"
+    assert choose(candidates[:1], "best-feasible").describe(candidates[:1])["kind"] == "least-violating"
+    with pytest.raises(ValueError, match="selection mode"):
+        choose(candidates, "oracle")  # type: ignore[arg-type]
