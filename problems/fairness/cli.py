@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from problems.fairness.config import FairnessConfig
-from problems.scaffold.config import ConfigError, build_parser, parse_config
+from problems.scaffold.config import build_parser, config_from_namespace
 
 SUMMARY_KEYS = (
     "test_accuracy",
@@ -32,11 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     build_parser(FairnessConfig, commands.add_parser("train", help="train one fair classifier on Adult"))
     arguments = parser.parse_args(argv)
-    values = {key: value for key, value in vars(arguments).items() if key in FairnessConfig.model_fields}
-    try:
-        config = parse_config(FairnessConfig, values)
-    except ConfigError as error:
-        parser.error(str(error))
+    config = config_from_namespace(FairnessConfig, arguments, parser)
     from problems.fairness.train import train
 
     metrics = train(config)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from problems.feasible.config import FeasibleConfig
-from problems.scaffold.config import ConfigError, build_parser, parse_config
+from problems.scaffold.config import build_parser, config_from_namespace
 
 SUMMARY_KEYS = (
     "train_fraction_feasible",
@@ -30,11 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         FeasibleConfig, commands.add_parser("train", help="fit every training example to loss <= epsilon")
     )
     arguments = parser.parse_args(argv)
-    values = {key: value for key, value in vars(arguments).items() if key in FeasibleConfig.model_fields}
-    try:
-        config = parse_config(FeasibleConfig, values)
-    except ConfigError as error:
-        parser.error(str(error))
+    config = config_from_namespace(FeasibleConfig, arguments, parser)
     from problems.feasible.train import train_feasible
 
     metrics = train_feasible(config)

@@ -18,18 +18,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from problems.scaffold.config import ConfigError, build_parser, parse_config
+from problems.scaffold.config import build_parser, config_from_namespace
 from problems.scaffold.metrics_log import MetricsLogger
 
 __all__ = ["main"]
 
 
 def _config(parser: argparse.ArgumentParser, model: type[BaseModel], arguments: argparse.Namespace) -> Any:
-    values = {key: value for key, value in vars(arguments).items() if key in model.model_fields}
-    try:
-        return parse_config(model, values)
-    except ConfigError as error:
-        parser.error(str(error))
+    return config_from_namespace(model, arguments, parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from problems.rates.config import NeymanPearsonConfig
-from problems.scaffold.config import ConfigError, build_parser, parse_config
+from problems.scaffold.config import build_parser, config_from_namespace
 
 SUMMARY_KEYS = (
     "alpha",
@@ -31,11 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands.add_parser("neyman-pearson", help="minimise the false-negative rate s.t. FPR <= alpha"),
     )
     arguments = parser.parse_args(argv)
-    values = {key: value for key, value in vars(arguments).items() if key in NeymanPearsonConfig.model_fields}
-    try:
-        config = parse_config(NeymanPearsonConfig, values)
-    except ConfigError as error:
-        parser.error(str(error))
+    config = config_from_namespace(NeymanPearsonConfig, arguments, parser)
     from problems.rates.train_np import train_neyman_pearson
 
     metrics = train_neyman_pearson(config)

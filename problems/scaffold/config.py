@@ -24,6 +24,7 @@ __all__ = [
     "TrainConfig",
     "build_parser",
     "config_from_argv",
+    "config_from_namespace",
     "format_validation_error",
     "parse_config",
 ]
@@ -176,7 +177,16 @@ def config_from_argv(
     """
     if parser is None:
         parser = build_parser(model_cls)
-    namespace = parser.parse_args(argv)
+    return config_from_namespace(model_cls, parser.parse_args(argv), parser)
+
+
+def config_from_namespace(
+    model_cls: type[ModelT], namespace: argparse.Namespace, parser: argparse.ArgumentParser
+) -> ModelT:
+    """Validates the ``model_cls`` fields of a parsed namespace (other options are ignored).
+
+    On invalid values, ``parser.error`` prints the fields at fault and exits with status 2.
+    """
     values = {key: value for key, value in vars(namespace).items() if key in model_cls.model_fields}
     try:
         return parse_config(model_cls, values)

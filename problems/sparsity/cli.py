@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from problems.scaffold.config import ConfigError, build_parser, parse_config
+from problems.scaffold.config import build_parser, config_from_namespace
 from problems.sparsity.config import SparsityConfig
 
 
@@ -57,11 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_sweep_parser(commands)
     arguments = parser.parse_args(argv)
     if arguments.command == "train":
-        values = {key: value for key, value in vars(arguments).items() if key in SparsityConfig.model_fields}
-        try:
-            config = parse_config(SparsityConfig, values)
-        except ConfigError as error:
-            parser.error(str(error))
+        config = config_from_namespace(SparsityConfig, arguments, parser)
         from problems.sparsity.train import train
 
         metrics = train(config)
