@@ -24,7 +24,9 @@ from cooper_like.penalty_coefficients import PenaltyCoefficient
 
 def lagrangian_term(multiplier_value: torch.Tensor, violation: torch.Tensor) -> torch.Tensor:
     r""":math:`\sum_i \lambda_i g_i` (``multiplier_value`` has one entry per entry of ``violation``)."""
-    if multiplier_value.shape != violation.shape and violation.dim() > 0:
+    if violation.dim() == 0:  # one constraint: the product is the sum
+        return multiplier_value.reshape(()) * violation
+    if multiplier_value.shape != violation.shape:
         multiplier_value = multiplier_value.reshape(violation.shape)
     return (multiplier_value * violation).sum()
 

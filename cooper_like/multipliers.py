@@ -109,7 +109,8 @@ class ExplicitMultiplier(Multiplier):
         update bumps it) and the features are the same tensor, so the primal and dual Lagrangians of
         one measurement share one snapshot.
         """
-        weight = self.weight
+        weight = self._parameters["weight"]
+        assert weight is not None
         key = (weight._version, weight.data_ptr())
         cached = self._snapshot
         if cached is not None and cached[0] is constraint_features and cached[1] == key:
@@ -141,8 +142,9 @@ class ExplicitMultiplier(Multiplier):
         Only the observed rows when the gradient is sparse (the optimizer moved no other row); every row
         when it is dense (a stateful optimizer — momentum, Adam — also moves rows not observed now).
         """
-        weight = self.weight
-        if self.constraint_type != ConstraintType.INEQUALITY or weight.grad is None:
+        weight = self._parameters["weight"]
+        assert weight is not None
+        if self.constraint_type is not ConstraintType.INEQUALITY or weight.grad is None:
             return
         rows = self.observed_rows()
         if rows is None or not weight.grad.is_sparse:
@@ -167,7 +169,7 @@ class DenseMultiplier(ExplicitMultiplier):
         return self.weight.detach().clone()
 
     def check_observation(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
-        expected = self.weight.shape[0]
+        expected = self._parameters["weight"].shape[0]  # type: ignore[union-attr]
         if violation.numel() != expected:
             raise ValueError(
                 f"DenseMultiplier: violation has {violation.numel()} entries (shape {tuple(violation.shape)}) "
@@ -175,7 +177,8 @@ class DenseMultiplier(ExplicitMultiplier):
             )
 
     def add_dual_gradient_(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
-        weight = self.weight
+        weight = self._parameters["weight"]
+        assert weight is not None
         gradient = violation.detach()
         if gradient.shape != weight.shape:
             gradient = gradient.reshape(weight.shape)

@@ -216,8 +216,7 @@ class ConstrainedMinimizationProblem(abc.ABC):
                 raise ValueError(f"{type(self).__name__}: a constraint named {name!r} is already registered")
             value.name = name
             registry[name] = value
-        else:
-            super().__setattr__(name, value)
+        super().__setattr__(name, value)  # also an ordinary attribute: fast lookup on the hot path
 
     def __getattr__(self, name: str) -> Any:
         registry = self.__dict__.get("_constraints")
@@ -229,6 +228,7 @@ class ConstrainedMinimizationProblem(abc.ABC):
         registry = self.__dict__.get("_constraints")
         if registry is not None and name in registry:
             del registry[name]
+            self.__dict__.pop(name, None)
         else:
             super().__delattr__(name)
 
@@ -241,13 +241,18 @@ class ConstrainedMinimizationProblem(abc.ABC):
         yield from self._registry().values()
 
     def named_multipliers(self) -> Iterator[tuple[str, Multiplier]]:
-        for name, constraint in self.named_constraints():
+        for name, constraint in self._registry().items():
             if constraint.multiplier is not None:
                 yield name, constraint.multiplier
 
     def multipliers(self) -> Iterator[Multiplier]:
-        for _, multiplier in self.named_multipliers():
-            yield multiplier
+        for constraint in self._registry().values():
+            if constraint.multiplier is not None:
+                yield constraint.multiplier
+
+    def unique_multipliers(self) -> list[Multiplier]:
+        """The multipliers, each shared multiplier once, in registration order."""
+        return list(dict.fromkeys(self.multipliers()))
 
     def named_penalty_coefficients(self) -> Iterator[tuple[str, PenaltyCoefficient]]:
         for name, constraint in self.named_constraints():
@@ -260,14 +265,14 @@ class ConstrainedMinimizationProblem(abc.ABC):
 
     def dual_parameters(self) -> Iterator[torch.nn.Parameter]:
         """Parameters of the multipliers, each shared multiplier once, in registration order."""
-        for multiplier in dict.fromkeys(self.multipliers()):
+        for multiplier in self.unique_multipliers():
             yield from multiplier.parameters()
 
     # --- devices and checkpoints --------------------------------------------------------------------
 
     def to(self, *args: Any, **kwargs: Any) -> ConstrainedMinimizationProblem:
         """Move/cast multipliers and penalty coefficients like ``nn.Module.to``."""
-        for multiplier in dict.fromkeys(self.multipliers()):
+        for multiplier in self.unique_multipliers():
             multiplier.to(*args, **kwargs)
         for coefficient in dict.fromkeys(self.penalty_coefficients()):
             coefficient.to(*args, **kwargs)

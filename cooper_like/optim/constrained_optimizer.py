@@ -13,6 +13,7 @@ from cooper_like.multipliers import ExplicitMultiplier
 from cooper_like.optim.cooper_optimizer import CooperOptimizer
 from cooper_like.optim.dual_restarts import restart_feasible_entries_
 from cooper_like.optim.non_finite import NonFinitePolicy
+from cooper_like.optim.plain_ascent import plain_ascent_step_
 from cooper_like.penalty_coefficients import PenaltyCoefficientUpdater
 from cooper_like.problem import ConstrainedMinimizationProblem
 
@@ -79,16 +80,21 @@ class ConstrainedOptimizer(CooperOptimizer):
 
     @torch.no_grad()
     def dual_step(self) -> None:
-        r"""Step every dual optimizer, then restart (opt-in) and project the multipliers (:math:`\lambda \ge 0`)."""
+        r"""Step every dual optimizer, then restart (opt-in) and project the multipliers (:math:`\lambda \ge 0`).
+
+        A plain ``torch.optim.SGD(maximize=True)`` is applied through :func:`plain_ascent_step_` (the
+        same update, without ``Optimizer.step``'s per-call overhead).
+        """
         assert self.dual_optimizers is not None
         for optimizer in self.dual_optimizers:
-            optimizer.step()
+            if not plain_ascent_step_(optimizer):
+                optimizer.step()
         self.post_process_multipliers()
 
     def post_process_multipliers(self) -> None:
         """Restart (where enabled) and project every multiplier of the problem."""
         assert self.dual_optimizers is not None
-        for multiplier in dict.fromkeys(self.cmp.multipliers()):
+        for multiplier in self.cmp.unique_multipliers():
             if getattr(multiplier, "restart_on_feasible", False):
                 assert isinstance(multiplier, ExplicitMultiplier)
                 restart_feasible_entries_(multiplier, self.dual_optimizers)

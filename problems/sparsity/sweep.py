@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,11 +89,22 @@ def run_all(
     specs: Iterable[RunSpec], root: Path, epochs: int | None, jobs: int
 ) -> dict[RunSpec, dict[str, Any]]:
     specs = list(specs)
+    return dict(zip(specs, map_jobs(run_once, [(spec,) for spec in specs], root, epochs, jobs)))
+
+
+def map_jobs(
+    function: Callable[..., Any],
+    argument_tuples: list[tuple[Any, ...]],
+    root: Path,
+    epochs: int | None,
+    jobs: int,
+) -> list[Any]:
+    """``[function(*args, root, epochs) for args in argument_tuples]``, over ``jobs`` processes."""
     if jobs <= 1:
-        return {spec: run_once(spec, root, epochs) for spec in specs}
+        return [function(*args, root, epochs) for args in argument_tuples]
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        results = pool.map(run_once, specs, [root] * len(specs), [epochs] * len(specs))
-        return dict(zip(specs, results))
+        futures = [pool.submit(function, *(*args, root, epochs)) for args in argument_tuples]
+        return [future.result() for future in futures]
 
 
 def bisect_lambda(
@@ -199,9 +210,8 @@ def sweep(
     results = run_all(specs, root, epochs, jobs)
     bisections = {}
     if bisect and "penalized" in methods:
-        for model in models:
-            for target in targets:
-                bisections[(model, target)] = bisect_lambda(model, target, root, epochs)
+        keys = [(model, target) for model in models for target in targets]
+        bisections = dict(zip(keys, map_jobs(bisect_lambda, keys, root, epochs, jobs)))
     table = summarize(results, bisections)
     atomic_write_text(root / "table.md", table)
     return table

@@ -34,6 +34,7 @@ from problems.scaffold.resumable import (
 )
 from problems.scaffold.seeding import rng_state, seed_everything, set_rng_state
 from problems.sparsity.config import SparsityConfig
+from problems.sparsity.gates import HardConcreteGate
 from problems.sparsity.layers import L0Layer
 from problems.sparsity.models import (
     dense_lenet5_caffe,
@@ -77,12 +78,12 @@ def primal_optimizer(config: SparsityConfig, model: nn.Module, extrapolating: bo
     """Adam on the weights; Adam without momentum (``gate_beta1``) and a larger step on log α."""
     gates = [p for name, p in model.named_parameters() if name.endswith("log_alpha")]
     weights = [p for name, p in model.named_parameters() if not name.endswith("log_alpha")]
-    groups: list[dict[str, Any]] = [{"params": weights, "lr": config.lr}]
+    groups: list[dict[str, Any]] = [{"params": weights, "lr": config.weight_lr}]
     if gates:
         groups.append({"params": gates, "lr": config.gate_lr, "betas": (config.gate_beta1, 0.999)})
     if extrapolating:
-        return cooper.optim.ExtraAdam(groups, lr=config.lr)
-    return torch.optim.Adam(groups, lr=config.lr)
+        return cooper.optim.ExtraAdam(groups, lr=config.weight_lr)
+    return torch.optim.Adam(groups, lr=config.weight_lr)
 
 
 def build_constrained(
@@ -224,12 +225,18 @@ class Run:
     companions: dict[str, Any]
     masks: dict[str, torch.Tensor] | None = None
     forward: nn.Module | None = None
+    finetuning: bool = False
+
+
+def wrap_forward(config: SparsityConfig, model: nn.Module, session: Session) -> nn.Module:
+    """The module the problem calls: ``model``, under autocast and/or DistributedDataParallel if asked."""
+    return session.wrap(AutocastForward(model) if config.autocast else model)
 
 
 def build_run(config: SparsityConfig, num_features: int, session: Session | None = None) -> Run:
     session = session or Session()
     model = build_model(config, num_features, gated=config.method != "magnitude")
-    forward = session.wrap(AutocastForward(model) if config.autocast else model)
+    forward = wrap_forward(config, model, session)
     guard: dict[str, Any] = {"non_finite": config.non_finite, "distributed": config.distributed}
     if config.method == "constrained":
         problem, optimizer, companions = build_constrained(config, model, forward)
@@ -241,7 +248,7 @@ def build_run(config: SparsityConfig, num_features: int, session: Session | None
         )
         return Run(config, model, penalized, optimizer, {"lmbda": config.lmbda}, forward=forward)
     plain = CrossEntropy(forward)
-    adam = torch.optim.Adam(model.parameters(), lr=config.lr)
+    adam = torch.optim.Adam(model.parameters(), lr=config.weight_lr)
     return Run(
         config,
         model,
@@ -338,7 +345,7 @@ def train_session(config: SparsityConfig, session: Session, on_step: StepCallbac
     seed_everything(config.seed)  # the same seed on every process: identical gate samples everywhere
     data = load_data(config)
     run = build_run(config, data.x_train.shape[1], session)
-    total_epochs = config.epochs + (config.finetune_epochs if config.method == "magnitude" else 0)
+    total_epochs = config.epochs + config.finetune_epochs
     position = Position()
     if config.resume is not None:
         position = restore(run, Path(config.resume) / CHECKPOINT, session)
@@ -357,6 +364,8 @@ def train_session(config: SparsityConfig, session: Session, on_step: StepCallbac
             logger.close()
 
     metrics = final_metrics(run, data, total_epochs, position.wall_time)
+    if config.finetune_epochs and len(position.history) > config.epochs:
+        metrics["test_accuracy_before_finetune"] = position.history[config.epochs - 1]["test_accuracy"]
     if session.writes:
         atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         plot_history(position.history, config, out)
@@ -375,10 +384,15 @@ def train_epoch(
     """Train the rest of ``epoch`` from ``position.batch``; log and checkpoint at its end."""
     config, out = run.config, Path(run.config.out)
     started = time.perf_counter()
-    if config.method == "magnitude" and epoch == config.epochs and position.batch == 0:
-        prune_by_magnitude(run)
+    if epoch == config.epochs and position.batch == 0:
+        if config.method == "magnitude":
+            prune_by_magnitude(run)
+        else:
+            start_finetuning(run, session)
     assert run.forward is not None
     run.forward.train()
+    if run.finetuning:
+        freeze_gates(run.model)
     batches = epoch_batches(config, epoch, len(data.x_train))
     for index in range(position.batch, len(batches)):
         batch = batches[index]
@@ -421,6 +435,40 @@ def checkpoint(run: Run, session: Session, position: Position, out: Path) -> Non
 def prune_by_magnitude(run: Run) -> None:
     run.masks = magnitude_masks(run.model, run.config.target_density, run.config.layerwise)
     apply_masks(run)
+
+
+def gates(model: nn.Module) -> list[HardConcreteGate]:
+    return [module for module in model.modules() if isinstance(module, HardConcreteGate)]
+
+
+def freeze_gates(model: nn.Module) -> None:
+    """Put every gate in eval mode (the deterministic test-time gate ẑ) and stop its gradient."""
+    for gate in gates(model):
+        gate.eval()
+        gate.log_alpha.requires_grad_(False)
+
+
+def start_finetuning(run: Run, session: Session) -> None:
+    """Fine-tune the network that ships: gates frozen at ẑ (the density no longer moves), weights trained.
+
+    The problem (and its multipliers) is kept for the logs and checkpoints; the optimizer becomes Adam
+    on the weights alone. The forward wrapper is rebuilt so that DistributedDataParallel sees the
+    frozen gates.
+    """
+    freeze_gates(run.model)
+    run.forward = wrap_forward(run.config, run.model, session)
+    weights = [p for p in run.model.parameters() if p.requires_grad]
+    adam = torch.optim.Adam(weights, lr=run.config.weight_lr)
+    plain = CrossEntropy(run.forward)
+    skipped = run.optimizer.skipped_steps
+    run.optimizer = cooper.optim.UnconstrainedOptimizer(
+        cmp=plain,
+        primal_optimizers=adam,
+        non_finite=run.config.non_finite,
+        distributed=run.config.distributed,
+    )
+    run.optimizer.guard.skipped_steps = skipped  # one count for the whole run
+    run.finetuning = True
 
 
 @torch.no_grad()
@@ -489,6 +537,8 @@ def checkpoint_payload(run: Run, position: Position) -> dict[str, Any]:
     }
     if run.masks is not None:
         payload["masks"] = run.masks
+    if run.finetuning:
+        payload["phase"] = "finetune"
     return payload
 
 
@@ -502,6 +552,8 @@ def restore(run: Run, path: Path, session: Session | None = None) -> Position:
     state, source = load_latest_checkpoint(path, set_aside=session.writes)
     run.model.load_state_dict(state["model"])
     run.problem.load_state_dict(state["problem"])
+    if state.get("phase") == "finetune":
+        start_finetuning(run, session)
     run.optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     run.masks = state.get("masks")

@@ -19,7 +19,13 @@ from problems.sparsity.train import AutocastForward, train
 
 
 def tiny(out: Path, **overrides: Any) -> SparsityConfig:
-    values: dict[str, Any] = {"model": "tiny", "dataset": "digits", "epochs": 2, "out": out}
+    values: dict[str, Any] = {
+        "model": "tiny",
+        "dataset": "digits",
+        "finetune_epochs": 0,
+        "epochs": 2,
+        "out": out,
+    }
     return SparsityConfig(**{**values, **overrides})
 
 

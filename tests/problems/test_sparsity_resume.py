@@ -30,7 +30,14 @@ STEPS_PER_EPOCH = 12  # 1,438 digits in batches of 128
 
 
 def tiny(out: Path, **overrides: Any) -> SparsityConfig:
-    values: dict[str, Any] = {"model": "tiny", "dataset": "digits", "epochs": 3, "seed": 3, "out": out}
+    values: dict[str, Any] = {
+        "model": "tiny",
+        "dataset": "digits",
+        "finetune_epochs": 0,
+        "epochs": 3,
+        "seed": 3,
+        "out": out,
+    }
     return SparsityConfig(**{**values, **overrides})
 
 
@@ -76,9 +83,22 @@ def test_a_crash_mid_epoch_resumes_exactly(tmp_path: Path) -> None:
     assert_same_model(tmp_path / "reference", tmp_path / "run")
 
 
+def test_a_crash_while_fine_tuning_resumes_exactly(tmp_path: Path) -> None:
+    reference = train(tiny(tmp_path / "reference", epochs=2, finetune_epochs=2))
+    with pytest.raises(SimulatedCrashError):
+        config = tiny(tmp_path / "run", epochs=2, finetune_epochs=2, checkpoint_every=4)
+        train(config, on_step=crash_at(3 * STEPS_PER_EPOCH + 6))
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["phase"] == "finetune" and (state["epoch"], state["batch"]) == (3, 4)
+    resumed = train(tiny(tmp_path / "run", epochs=2, finetune_epochs=2, resume=tmp_path / "run"))
+    assert comparable(resumed) == comparable(reference)
+    assert_same_model(tmp_path / "reference", tmp_path / "run")
+
+
 def launch_cli(out: Path, *extra: str) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "problems.sparsity", "train", "--model", "tiny", "--dataset", "digits"]
-    command += ["--epochs", "2", "--seed", "3", "--checkpoint-every", "1", "--out", str(out), *extra]
+    command += ["--epochs", "2", "--finetune-epochs", "1", "--seed", "3", "--checkpoint-every", "1"]
+    command += ["--out", str(out), *extra]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
     return subprocess.Popen(
         command, cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -94,9 +114,9 @@ def checkpoint_step(path: Path) -> int:
 
 @pytest.mark.slow  # two fresh interpreters (~30-40 s on a busy machine); .ci/run runs it
 def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
-    reference = train(tiny(tmp_path / "reference", epochs=2))
+    reference = train(tiny(tmp_path / "reference", epochs=2, finetune_epochs=1))
     out = tmp_path / "run"
-    target = random.Random().randrange(2, 2 * STEPS_PER_EPOCH - 4)
+    target = random.Random().randrange(2, 3 * STEPS_PER_EPOCH - 4)
     process = launch_cli(out)
     deadline = time.monotonic() + 240
     while checkpoint_step(out / "checkpoint.pt") < target and process.poll() is None:
@@ -106,7 +126,7 @@ def test_sigkill_at_a_random_step_then_resume_equals_an_uninterrupted_run(tmp_pa
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
     killed_at = checkpoint_step(out / "checkpoint.pt")
-    assert 0 < killed_at < 2 * STEPS_PER_EPOCH, killed_at
+    assert 0 < killed_at < 3 * STEPS_PER_EPOCH, killed_at
     assert not (out / "metrics.json").exists()
 
     resumed = launch_cli(out, "--resume", str(out))

@@ -17,7 +17,14 @@ from problems.sparsity.train import magnitude_masks, train
 
 
 def tiny(tmp_path: Path, **overrides) -> SparsityConfig:
-    values = {"model": "tiny", "dataset": "digits", "epochs": 60, "out": tmp_path / "run", **overrides}
+    values = {
+        "model": "tiny",
+        "dataset": "digits",
+        "finetune_epochs": 0,
+        "epochs": 60,
+        "out": tmp_path / "run",
+        **overrides,
+    }
     return SparsityConfig(**values)
 
 
@@ -76,6 +83,26 @@ def test_baselines_run(tmp_path: Path, method: str) -> None:
     assert 0 < metrics["test_time_density"] <= 1 and metrics["test_accuracy"] > 0.3
     if method == "magnitude":
         assert abs(metrics["test_time_density"] - 0.3) < 0.01
+
+
+def test_fine_tuning_trains_the_weights_under_frozen_test_time_gates(tmp_path: Path) -> None:
+    snapshots: dict[str, dict[str, torch.Tensor]] = {}
+
+    def record(run, step: int) -> None:
+        if step in (20 * 12, 22 * 12):  # the ends of the main phase and of the fine-tuning
+            snapshots[str(step)] = {k: v.clone() for k, v in run.model.state_dict().items()}
+
+    metrics = train(tiny(tmp_path, epochs=20, finetune_epochs=2), on_step=record)
+    before, after = snapshots["240"], snapshots["264"]
+    gates = [key for key in before if key.endswith("log_alpha")]
+    weights = [key for key in before if key.endswith("weight")]
+    assert gates and all(torch.equal(before[k], after[k]) for k in gates)
+    assert any(not torch.equal(before[k], after[k]) for k in weights)
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(history) == 22 and history[19]["test_time_density"] == metrics["test_time_density"]
+    assert (
+        metrics["epochs"] == 22 and metrics["test_accuracy_before_finetune"] == history[19]["test_accuracy"]
+    )
 
 
 def test_magnitude_masks_keep_the_largest_weights() -> None:

@@ -1,0 +1,59 @@
+r"""A fast path for the most common multiplier updater: ``torch.optim.SGD(maximize=True)`` without extras.
+
+For such an optimizer ``step()`` computes :math:`\lambda \leftarrow \lambda - \eta\,(-\nabla)`, i.e.
+:math:`\lambda \leftarrow \lambda + \eta\,\nabla` for every parameter that has a gradient, and keeps no
+state. :func:`plain_ascent_step_` applies exactly that update (bitwise: negating both factors of a
+product is exact) without the per-call machinery of ``Optimizer.step`` — profiler scope, hook
+dispatch, implementation selection — which costs more than the update itself for a few multipliers.
+
+It declines (returns ``False``, and the caller runs ``optimizer.step()``) whenever the result could
+differ: a subclass of SGD, momentum, weight decay, Nesterov, ``maximize=False``, a differentiable, fused
+or foreach configuration, a tensor learning rate, a ``grad_scale``, a registered step hook (global or
+per optimizer), or a ``step`` replaced on the instance (as an LR scheduler does to track calls).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.optim import optimizer as torch_optimizer
+
+
+def is_plain_ascent(optimizer: torch.optim.Optimizer) -> bool:
+    """``True`` when ``optimizer.step()`` is exactly :math:`\\lambda \\leftarrow \\lambda + \\eta\\nabla`."""
+    if type(optimizer) is not torch.optim.SGD or "step" in optimizer.__dict__:
+        return False
+    if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
+        return False
+    if torch_optimizer._global_optimizer_pre_hooks or torch_optimizer._global_optimizer_post_hooks:
+        return False
+    if getattr(optimizer, "grad_scale", None) is not None:
+        return False
+    for group in optimizer.param_groups:
+        if (
+            type(group["lr"]) is not float
+            or group["momentum"] != 0
+            or group["weight_decay"] != 0
+            or group["nesterov"]
+            or not group["maximize"]
+            or group.get("differentiable")
+            or group.get("fused")
+            or group.get("foreach")
+        ):
+            return False
+    return True
+
+
+def plain_ascent_step_(optimizer: torch.optim.Optimizer) -> bool:
+    """Apply the update of a plain ascending SGD in place (call under ``torch.no_grad()``).
+
+    Returns ``False``, having done nothing, when ``optimizer`` is not plain (see the module docstring).
+    """
+    if not is_plain_ascent(optimizer):
+        return False
+    for group in optimizer.param_groups:
+        lr = group["lr"]
+        for parameter in group["params"]:
+            gradient = parameter.grad
+            if gradient is not None:
+                parameter.add_(gradient, alpha=lr)
+    return True
