@@ -135,13 +135,15 @@ class ExplicitMultiplier(Multiplier):
     def observed_rows(self) -> torch.Tensor | None:
         """Rows touched by the current dual gradient (``None`` means every row)."""
 
-    @torch.no_grad()
     def post_step_(self) -> None:
         r"""Project inequality multipliers onto :math:`\lambda \ge 0`.
 
         Only the observed rows when the gradient is sparse (the optimizer moved no other row); every row
         when it is dense (a stateful optimizer — momentum, Adam — also moves rows not observed now).
         """
+        if torch.is_grad_enabled():  # a direct call; the constrained optimizers call it under no_grad
+            with torch.no_grad():
+                return self.post_step_()
         weight = self._parameters["weight"]
         assert weight is not None
         if self.constraint_type is not ConstraintType.INEQUALITY or weight.grad is None:

@@ -69,8 +69,12 @@ class LagrangianStore:
         self, constraint: Constraint, multiplier: ExplicitMultiplier, state: ConstraintState
     ) -> None:
         r"""Record an explicit multiplier's dual term: gradient :math:`\tilde g`, value :math:`\lambda^\top \tilde g`."""
-        _, strict_violation = state.extract_violations(do_unsqueeze=False)
-        _, strict_features = state.extract_constraint_features()
+        strict_violation = state.strict_violation
+        if strict_violation is None:
+            strict_violation = state.violation.detach()
+        strict_features = state.strict_constraint_features
+        if strict_features is None:
+            strict_features = state.constraint_features
         multiplier.check_observation(strict_violation, strict_features)
         snapshot = multiplier.detached_value(strict_features)
         self.multiplier_values[constraint] = snapshot

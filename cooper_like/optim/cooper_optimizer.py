@@ -98,9 +98,8 @@ class CooperOptimizer(abc.ABC):
                 for parameter in group["params"]:
                     parameter.grad = None
 
-    @torch.no_grad()
     def primal_step(self) -> None:
-        """Step every primal optimizer."""
+        """Step every primal optimizer (each manages grad mode itself, as torch optimizers do)."""
         for optimizer in self.primal_optimizers:
             optimizer.step()
 

@@ -144,7 +144,11 @@ class NonFiniteGuard:
             self._check_pending()
             self._defer(torch.stack([torch.isfinite(finite_total(value)) for value in values]).all())
             return True
-        finite_here = all(math.isfinite(finite_total(value).item()) for value in values)
+        finite_here = True
+        for value in values:
+            if not math.isfinite(finite_total(value).item()):
+                finite_here = False
+                break
         finite = distributed_training.all_ranks_agree(finite_here) if shared else finite_here
         if finite:
             return True
