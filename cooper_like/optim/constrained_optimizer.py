@@ -78,7 +78,6 @@ class ConstrainedOptimizer(CooperOptimizer):
     def custom_sanity_checks(self) -> None:
         """Scheme-specific checks of the optimizers (none by default)."""
 
-    @torch.no_grad()
     def dual_step(self) -> None:
         r"""Step every dual optimizer, then restart (opt-in) and project the multipliers (:math:`\lambda \ge 0`).
 
@@ -86,10 +85,11 @@ class ConstrainedOptimizer(CooperOptimizer):
         same update, without ``Optimizer.step``'s per-call overhead).
         """
         assert self.dual_optimizers is not None
-        for optimizer in self.dual_optimizers:
-            if not plain_ascent_step_(optimizer):
-                optimizer.step()
-        self.post_process_multipliers()
+        with torch.no_grad():
+            for optimizer in self.dual_optimizers:
+                if not plain_ascent_step_(optimizer):
+                    optimizer.step()
+            self.post_process_multipliers()
 
     def post_process_multipliers(self) -> None:
         """Restart (where enabled) and project every multiplier of the problem."""

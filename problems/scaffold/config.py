@@ -142,7 +142,10 @@ def build_parser(
         annotation = _strip_optional(info.annotation)
         default = None if info.is_required() else info.get_default(call_default_factory=True)
         help_text = info.description or ""
-        help_text += " (required)" if info.is_required() else f" (default: {default})"
+        if info.is_required():
+            help_text += " (required)"
+        elif default is not None or "default" not in help_text:  # else the description names it
+            help_text += f" (default: {default})"
         option = _option_name(name)
         if annotation is bool:
             parser.add_argument(
