@@ -52,6 +52,11 @@ class SparsityConfig(TrainConfig):
         default="test-time", description="density that drives the multiplier"
     )
     dual_restarts: bool = Field(default=True, description="reset a multiplier to 0 when its constraint holds")
+    floor_gap: float = Field(
+        default=0.005,
+        ge=0,
+        description="also require density >= target - floor_gap (two-sided control; >= target: one-sided)",
+    )
     lr: float | None = Field(
         default=None,
         gt=0,

@@ -2,13 +2,19 @@ r"""Controlled sparsity as a constrained problem (Gallego-Posada et al., 2022).
 
 .. math::
     \min_{\theta, \log\alpha} \ \mathbb E_z\big[\mathrm{CE}(f(x; \theta \odot z), y)\big]
-    \quad \text{s.t.} \quad d_l(\log\alpha) \le \tau_l
+    \quad \text{s.t.} \quad d_l(\log\alpha) \le \tau_l, \quad d_l(\log\alpha) \ge \tau_l - \delta
 
 where :math:`d` is the expected density :math:`\mathbb E[\|z\|_0]/n` of the whole model (model-wise,
 one constraint) or of each gated layer (layer-wise, one constraint per layer). The expected density
 moves the gates; with ``strict="test-time"`` the multiplier reacts to the density the model will
 *ship* with (the deterministic test-time gates, a non-differentiable count) through
 ``ConstraintState.strict_violation``.
+
+The floor :math:`d \ge \tau - \delta` (``floor_gap`` :math:`\delta`) makes the control two-sided:
+with the upper bound alone, a network that fits its data with fewer weights settles below the target
+(the constraint is inactive, its multiplier restarts at 0, and gates that closed in the first descent
+get almost no gradient back); the floor's multiplier reopens the most useful gates until the shipped
+density is back in :math:`[\tau - \delta, \tau]`. ``floor_gap >= target`` leaves the floor inactive.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ def layer_densities(layers: Sequence[L0Layer], layerwise: bool) -> tuple[torch.T
 
 
 class ControlledSparsity(cooper.ConstrainedMinimizationProblem):
-    """Cross-entropy of a gated model subject to density <= target.
+    r"""Cross-entropy of a gated model subject to density <= target (and >= target - floor_gap).
 
     Args:
         model: A model with :class:`L0Linear` / :class:`L0Conv2d` layers.
@@ -63,6 +69,7 @@ class ControlledSparsity(cooper.ConstrainedMinimizationProblem):
         strict: What drives the multiplier: the ``"expected"`` density or the ``"test-time"`` density.
         dual_restarts: Reset a layer's multiplier to 0 whenever its constraint is satisfied.
         penalty: Initial penalty coefficient of the augmented Lagrangian.
+        floor_gap: :math:`\delta` of the floor constraint density >= target - floor_gap (>= 0).
     """
 
     def __init__(
@@ -75,6 +82,7 @@ class ControlledSparsity(cooper.ConstrainedMinimizationProblem):
         strict: StrictMode = "test-time",
         dual_restarts: bool = True,
         penalty: float = 1.0,
+        floor_gap: float = 0.005,
     ) -> None:
         super().__init__()
         self.model = model
@@ -86,42 +94,64 @@ class ControlledSparsity(cooper.ConstrainedMinimizationProblem):
         if strict not in ("expected", "test-time"):
             raise ValueError(f"strict must be 'expected' or 'test-time', got {strict!r}")
         self.strict = strict
-        multiplier = cooper.multipliers.DenseMultiplier(
-            num_constraints=len(self.targets), restart_on_feasible=dual_restarts
-        )
-        if formulation == "lagrangian":
-            self.density = cooper.Constraint(cooper.ConstraintType.INEQUALITY, multiplier=multiplier)
-        elif formulation == "augmented-lagrangian":
-            self.density = cooper.Constraint(
-                cooper.ConstraintType.INEQUALITY,
-                formulation_type=cooper.formulations.AugmentedLagrangian,
-                multiplier=multiplier,
-                penalty_coefficient=cooper.penalty_coefficients.DensePenaltyCoefficient(
-                    torch.full((len(self.targets),), float(penalty))
-                ),
-            )
-        else:
+        if formulation not in ("lagrangian", "augmented-lagrangian"):
             raise ValueError(
                 f"formulation must be 'lagrangian' or 'augmented-lagrangian', got {formulation!r}"
             )
+        if not floor_gap >= 0:
+            raise ValueError(f"floor_gap must be >= 0, got {floor_gap!r}")
+        self.floors = self.targets - float(floor_gap)
+        self.density = density_constraint(len(self.targets), formulation, dual_restarts, penalty)
+        self.has_floor = bool((self.floors > 0).any())
+        if self.has_floor:
+            self.density_floor = density_constraint(len(self.targets), formulation, dual_restarts, penalty)
 
-    def density_state(self) -> cooper.ConstraintState:
-        """The density constraint's measurement: expected density (proxy) and test-time density (strict)."""
+    def density_states(self) -> dict[cooper.Constraint, cooper.ConstraintState]:
+        r"""The measurements of the density constraints: expected density (proxy), test-time density (strict).
+
+        Upper bound :math:`d - \tau \le 0`; floor :math:`(\tau - \delta) - d \le 0`.
+        """
         expected, shipped = layer_densities(self.layers, self.layerwise)
-        strict = (shipped if self.strict == "test-time" else expected.detach()) - self.targets
-        return cooper.ConstraintState(violation=expected - self.targets, strict_violation=strict)
+        measured = shipped if self.strict == "test-time" else expected.detach()
+        states = {
+            self.density: cooper.ConstraintState(
+                violation=expected - self.targets, strict_violation=measured - self.targets
+            )
+        }
+        if self.has_floor:
+            states[self.density_floor] = cooper.ConstraintState(
+                violation=self.floors - expected, strict_violation=self.floors - measured
+            )
+        return states
 
     def compute_cmp_state(self, inputs: torch.Tensor, labels: torch.Tensor) -> cooper.CMPState:
         logits = self.model(inputs)
         loss = nn.functional.cross_entropy(logits, labels)
         return cooper.CMPState(
-            loss=loss,
-            observed_constraints={self.density: self.density_state()},
-            misc={"logits": logits.detach()},
+            loss=loss, observed_constraints=self.density_states(), misc={"logits": logits.detach()}
         )
 
     def compute_violations(self) -> cooper.CMPState:
-        return cooper.CMPState(observed_constraints={self.density: self.density_state()})
+        return cooper.CMPState(observed_constraints=self.density_states())
+
+
+def density_constraint(
+    num_constraints: int, formulation: str, dual_restarts: bool, penalty: float
+) -> cooper.Constraint:
+    """An inequality constraint per target with its own multiplier (and penalty for the augmented Lagrangian)."""
+    multiplier = cooper.multipliers.DenseMultiplier(
+        num_constraints=num_constraints, restart_on_feasible=dual_restarts
+    )
+    if formulation == "lagrangian":
+        return cooper.Constraint(cooper.ConstraintType.INEQUALITY, multiplier=multiplier)
+    return cooper.Constraint(
+        cooper.ConstraintType.INEQUALITY,
+        formulation_type=cooper.formulations.AugmentedLagrangian,
+        multiplier=multiplier,
+        penalty_coefficient=cooper.penalty_coefficients.DensePenaltyCoefficient(
+            torch.full((num_constraints,), float(penalty))
+        ),
+    )
 
 
 class PenalizedL0(cooper.ConstrainedMinimizationProblem):

@@ -106,6 +106,7 @@ def build_constrained(
         strict=config.strict,
         dual_restarts=config.dual_restarts,
         penalty=penalty,
+        floor_gap=config.floor_gap,
     )
     extrapolating = config.scheme == "extrapolation"
     primal = primal_optimizer(config, model, extrapolating)

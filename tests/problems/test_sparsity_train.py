@@ -126,6 +126,7 @@ def test_magnitude_masks_keep_the_largest_weights() -> None:
         (["--gate-beta1", "1.0"], "gate_beta1"),
         (["--model", "resnet"], "model"),
         (["--target-density", "0.3,0.5"], "target_density"),
+        (["--floor-gap", "-0.1"], "floor_gap"),
     ],
 )
 def test_cli_rejects_bad_values_naming_the_field(argv, message, capsys, tmp_path: Path) -> None:
@@ -163,6 +164,22 @@ def test_problem_argument_errors() -> None:
         ControlledSparsity(tiny_mlp(4, 3, 2), 0.3, strict="x")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="formulation must be 'lagrangian' or 'augmented-lagrangian'"):
         ControlledSparsity(tiny_mlp(4, 3, 2), 0.3, formulation="qp")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="floor_gap must be >= 0, got -0.1"):
+        ControlledSparsity(tiny_mlp(4, 3, 2), 0.3, floor_gap=-0.1)
+
+
+def test_the_floor_bounds_the_density_from_below() -> None:
+    model = tiny_mlp(4, 3, 2)  # every gate starts open: test-time density 1
+    problem = ControlledSparsity(model, [0.5, 0.8], layerwise=True, floor_gap=0.1)
+    states = problem.compute_cmp_state(
+        torch.zeros(5, 4), torch.zeros(5, dtype=torch.long)
+    ).observed_constraints
+    upper, floor = states[problem.density], states[problem.density_floor]
+    assert torch.allclose(upper.strict_violation, torch.tensor([0.5, 0.2]))  # 1 - target
+    assert torch.allclose(floor.strict_violation, torch.tensor([-0.6, -0.3]))  # (target - 0.1) - 1
+    assert torch.allclose(floor.violation, -(upper.violation + 0.1))  # the same proxy, mirrored
+    one_sided = ControlledSparsity(model, 0.3, floor_gap=0.3)
+    assert [name for name, _ in one_sided.named_constraints()] == ["density"]
 
 
 def test_extrapolation_with_nupi_is_refused(tmp_path: Path) -> None:
