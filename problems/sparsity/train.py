@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 import cooper_like as cooper
+from cooper_like.reporting import metrics_row
 from problems.scaffold.checkpoints import atomic_write_text
 from problems.scaffold.datasets import DataSplit, load_digits_split, mnist5k_split
 from problems.scaffold.ddp import Session, start_session
@@ -493,12 +494,20 @@ def epoch_row(run: Run, data: DataSplit, epoch: int, train_loss: float) -> dict[
     }
     for name, value in densities["per_layer_density"].items():
         row[f"density/{name}"] = value
-    for index, value in enumerate(multiplier_values(run)):
-        row[f"multiplier/{index}"] = value
-    for index, group in enumerate(run.optimizer.primal_optimizers[0].param_groups):
-        row[f"lr/primal_{index}"] = group["lr"]
-    row["skipped_steps"] = run.optimizer.skipped_steps
+    row.update(constraint_columns(run))
     return row
+
+
+def constraint_columns(run: Run) -> dict[str, float]:
+    """Each constraint's violation and strict violation (measured now), multipliers, penalty
+    coefficients, learning rates and skipped steps: :func:`cooper_like.reporting.metrics_row`'s columns."""
+    measured = cooper.CMPState()
+    if isinstance(run.problem, ControlledSparsity):
+        with torch.no_grad():
+            measured = run.problem.compute_violations()
+    empty = cooper.LagrangianStore()
+    roll_out = cooper.optim.RollOut(None, measured, empty, empty)
+    return metrics_row(roll_out, run.problem, run.optimizer)
 
 
 def final_metrics(run: Run, data: DataSplit, epochs: int, wall_time: float) -> dict[str, Any]:

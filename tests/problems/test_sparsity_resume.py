@@ -55,7 +55,7 @@ def assert_same_model(first: Path, second: Path) -> None:
     assert a["problem"]["multipliers"]["density"]["weight"].equal(
         b["problem"]["multipliers"]["density"]["weight"]
     )
-    rows = ("train_loss", "test_accuracy", "test_time_density", "multiplier/0", "skipped_steps")
+    rows = ("train_loss", "test_accuracy", "test_time_density", "multiplier/density", "skipped_steps")
     assert [[r[k] for k in rows] for r in a["history"]] == [[r[k] for k in rows] for r in b["history"]]
 
 

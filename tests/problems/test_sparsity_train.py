@@ -100,6 +100,12 @@ def test_fine_tuning_trains_the_weights_under_frozen_test_time_gates(tmp_path: P
     assert any(not torch.equal(before[k], after[k]) for k in weights)
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(history) == 22 and history[19]["test_time_density"] == metrics["test_time_density"]
+    for column in ("violation/density", "strict_violation/density", "multiplier/density_floor"):
+        assert column in history[0] and column in history[-1], column
+    assert (
+        history[0]["lr/primal/0/1"] == 2e-2 and history[-1]["lr/primal/0"] == 1e-3
+    )  # gates, then fine-tuning
+    assert history[0]["strict_violation/density"] == pytest.approx(history[0]["test_time_density"] - 0.3)
     assert (
         metrics["epochs"] == 22 and metrics["test_accuracy_before_finetune"] == history[19]["test_accuracy"]
     )
