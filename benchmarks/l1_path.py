@@ -107,7 +107,7 @@ def main() -> int:
         "wall (s)",
         "monotone",
         "non-dominated",
-        "max ||θ||₁",
+        "max ‖θ‖₁",
         "min loss",
     ]
     eps, cont = "epsilon-constraint", "continuation"
@@ -128,7 +128,12 @@ def main() -> int:
         f"{defaults.initial_steps} initial iterations, predictor = loss-gradient step to the next l1 value "
         f"(capped at {defaults.max_predictor_step}), corrector = {defaults.corrector_steps} MOPG iterations",
         f"epsilon-constraint: {configs[eps].scheme} updates, dual SGD lr {configs[eps].dual_lr}, "
-        f"{configs[eps].steps_per_point} steps per point, weights and multiplier warm-started",
+        f"{configs[eps].steps_per_point} steps per point, weights and multiplier warm-started"
+        + (
+            ", the weights by a secant predictor (along the last two points up to the new bound, no gradient)"
+            if configs[eps].secant_predictor
+            else ""
+        ),
         f"weighted-sum: {configs['weighted-sum'].epochs} epochs per point from the same start, lambda geometric "
         f"from max|grad| at the default init down to {configs['weighted-sum'].lambda_ratio} x it",
         "hypervolume: (l1, loss) normalised by the extremes of the union of the three main fronts, reference (1.1, 1.1)",

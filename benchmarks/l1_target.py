@@ -92,9 +92,12 @@ def main() -> int:
         " (layer-wise)" if arguments.layerwise else ""
     )
     notes = [
-        "recipe (all methods): proximal SGD, lr 0.2, EMA momentum 0.9, batch 128, 60 epochs per run, "
-        "cosine-annealed lr over the last 30% of the epochs; density = fraction of non-zero nn.Linear weights",
-        "constrained: one run, dual SGD lr 1e-3 on the true non-zero count, 3 dense warm-up epochs",
+        "recipe (all methods): proximal SGD, lr 0.2, EMA momentum 0.9, batch 128 (an epoch = 32 equal batches of "
+        "125), 60 epochs per run, cosine-annealed lr over the last 30% of the epochs; density = fraction of "
+        "non-zero nn.Linear weights",
+        "constrained: one run, 3 dense warm-up epochs, then per batch: gradient step z, dual update on the "
+        "true non-zero count that soft-thresholding z would leave, soft-thresholding with the new level; "
+        "dual update multiplicative, lambda <- lambda (density / target), at most 6% per step",
         "lambda-selection: first run 60 epochs, warm-started refinements of 30 epochs, at most 12 runs",
         "bisection: geometric bisection of lambda in [1e-4, 0.1], full retrain per trial, at most 12 runs "
         "(the reported model is the closest to the target)",

@@ -30,8 +30,8 @@ PathMethod = Literal["continuation", "epsilon-constraint", "weighted-sum"]
 FULL_BATCH = 1_000_000
 
 TARGET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mnist5k": {"lr": 0.2, "batch_size": 128, "epochs": 60, "dual_lr": 1e-3},
-    "iris": {"lr": 0.5, "batch_size": FULL_BATCH, "epochs": 500, "dual_lr": 3e-3, "dual_warmup_epochs": 50},
+    "mnist5k": {"lr": 0.2, "batch_size": 128, "epochs": 60},
+    "iris": {"lr": 0.5, "batch_size": FULL_BATCH, "epochs": 500, "dual_warmup_epochs": 50},
 }
 """Per-data-set defaults of :class:`TargetConfig` (options given explicitly win)."""
 
@@ -114,7 +114,17 @@ class TargetConfig(L1Recipe):
         default=0.01, gt=0, lt=1, description="accepted |density - target| (0.01 = 1 pt)"
     )
     max_runs: int = Field(default=12, ge=1, description="training runs allowed to lambda-selection/bisection")
-    dual_lr: float = Field(default=1e-3, gt=0, description="constrained: step of the multiplier (per batch)")
+    dual_lr: float = Field(
+        default=1.0,
+        gt=0,
+        description="constrained: gain eta of the multiplicative dual update lambda <- lambda (density/target)^eta "
+        "(per batch)",
+    )
+    dual_max_step: float = Field(
+        default=0.06,
+        gt=0,
+        description="constrained: largest change of log(lambda) per step (0.06: at most 6%%)",
+    )
     dual_warmup_epochs: int = Field(
         default=3, ge=0, description="constrained: epochs before the multiplier starts moving (dense warm-up)"
     )
@@ -139,6 +149,10 @@ class PathConfig(L1Recipe):
         default=0.01, gt=0, le=1, description="the common start: default init times this"
     )
     steps_per_point: int = Field(default=32, ge=1, description="epsilon-constraint: updates per point")
+    secant_predictor: bool = Field(
+        default=True,
+        description="epsilon-constraint: start each point along the secant of the last two, up to the new bound",
+    )
     dual_lr: float = Field(default=1e-4, gt=0, description="epsilon-constraint: multiplier step")
     dual_optimizer: Literal["sgd", "nupi"] = Field(
         default="sgd", description="epsilon-constraint: dual updater"

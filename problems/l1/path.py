@@ -7,6 +7,10 @@ r"""Three ways to trace the l1 regularization path: the front of (training loss,
 - ``epsilon-constraint``: :math:`\min f` s.t. :math:`\|\theta\|_1 \le \tau_k` with this library
   (:class:`~problems.l1.problem.L1BallConstrained`, the multiplier as the soft-threshold level) for
   the same grid of :math:`\tau_k`, warm-starting the weights *and* the multiplier from the previous point.
+  The weights' warm start is a secant predictor (:func:`secant_step`): from the last point, along the
+  path's last direction :math:`\theta_{k-1} - \theta_{k-2}`, until :math:`\|\theta\|_1` reaches the new
+  bound -- no gradient evaluation, and the few constrained updates per point start near the next point
+  instead of one grid step behind it.
 - ``weighted-sum``: proximal SGD on :math:`f + \lambda_k\|\theta\|_1` for a geometric grid of
   :math:`\lambda_k`, every point trained from the same initialisation.
 
@@ -34,7 +38,7 @@ from problems.l1.training import epoch_batches, evaluate, proximal_sgd, train_wi
 from problems.scaffold.datasets import DataSplit
 from problems.scaffold.seeding import seed_everything
 
-__all__ = ["PathResult", "l1_grid", "run_path", "step_to_norm"]
+__all__ = ["PathResult", "l1_grid", "run_path", "secant_step", "step_to_norm"]
 
 Logger = Callable[[dict[str, Any]], None]
 
@@ -93,6 +97,28 @@ def step_to_norm(
         else:
             high = middle
     return high
+
+
+def secant_step(
+    before: torch.Tensor,
+    last: torch.Tensor,
+    penalised: torch.Tensor,
+    target: float,
+    max_step: float,
+) -> torch.Tensor:
+    r"""Predict the next point of a path from its last two: a step along the secant to the next norm.
+
+    .. math::
+        \hat\theta = \theta_{k-1} + s\,(\theta_{k-1} - \theta_{k-2}), \qquad s \in [0, s_{\max}]
+        \ \text{with}\ \|\hat\theta_P\|_1 \approx \tau_k
+
+    (:func:`step_to_norm` along :math:`-(\theta_{k-1} - \theta_{k-2})`). :math:`s_{\max}` is the plain
+    secant step :math:`(\tau_k - \tau_{k-1}) / (\tau_{k-1} - \tau_{k-2})`, so the prediction never goes
+    further than linear extrapolation and stops short where the norm reaches :math:`\tau_k` first;
+    :math:`s = 0` (no move) when :math:`\|\theta_{k-1}\|_1` is already at :math:`\tau_k`.
+    """
+    direction = last - before
+    return last + step_to_norm(last, -direction, penalised, target, max_step) * direction
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -240,7 +266,7 @@ def run_continuation(config: PathConfig, data: DataSplit, log: Logger) -> PathRe
 
 
 def run_epsilon_constraint(config: PathConfig, data: DataSplit, log: Logger) -> PathResult:
-    """``min f s.t. ||θ||₁ <= τ_k`` for the grid of τ, warm-starting weights and multiplier."""
+    """``min f s.t. ||θ||₁ <= τ_k`` for the grid of τ, warm-starting weights (secant predictor) and multiplier."""
     budget = Budget(runs=1)
     model = initial_model(config)
     assert config.l1_max is not None and config.dual_lr is not None
@@ -261,13 +287,19 @@ def run_epsilon_constraint(config: PathConfig, data: DataSplit, log: Logger) -> 
     )
     optimizer = scheme(cmp=problem, primal_optimizers=primal, dual_optimizers=dual)
     stream = BatchStream(data, config.batch_size, config.seed)
+    view = FlatView(model)
+    solutions: list[torch.Tensor] = []
     points = []
     for index, tau in enumerate(grid):
         problem.tau = tau
+        if config.secant_predictor and index >= 2:
+            ratio = (tau - grid[index - 1]) / (grid[index - 1] - grid[index - 2])
+            view.assign(secant_step(solutions[-2], solutions[-1], view.penalised, tau, max_step=ratio))
         for _ in range(config.steps_per_point):
             inputs, labels = stream.next()
             optimizer.roll({"inputs": inputs, "labels": labels})
             budget.gradients(len(inputs))
+        solutions = [*solutions[-1:], view.vector()]
         points.append(
             point_record(
                 model, data, budget, index=index, tau=tau, multiplier=float(problem.threshold_level()[0])

@@ -10,6 +10,10 @@ is therefore marked ``contributes_to_primal_update=False``; it only drives the m
   per layer). :math:`\|\theta\|_1` is the convex surrogate of the count that the primal step shrinks;
   the dual step :math:`\lambda \leftarrow [\lambda + \eta_\lambda (\|\theta\|_0/n - \rho)]_+` is driven by
   the *true* count (the strict violation), so the multiplier settles where the count meets the target.
+  With ``scale="log"`` the same constraint is written :math:`\log(\|\theta\|_0/n) \le \log\rho`: the
+  violation is the log-ratio :math:`\log(\hat\rho/\rho)`, relative and symmetric, which a multiplicative
+  dual update (:class:`~problems.l1.dual.ExponentiatedAscent`) turns into
+  :math:`\lambda \leftarrow \lambda\,(\hat\rho/\rho)^{\eta}`, one gain for every target.
 - :class:`L1BallConstrained`: :math:`\min f(\theta)` s.t. :math:`\|\theta\|_1 \le \tau` -- the
   epsilon-constraint scalarization of the regularization path; here the constraint *is* the proximal
   term, and the pair (primal prox step, dual ascent) is the exact Lagrangian method.
@@ -18,6 +22,7 @@ is therefore marked ``contributes_to_primal_update=False``; it only drives the m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -25,7 +30,35 @@ from torch import nn
 import cooper_like as cooper
 from problems.l1.models import penalised_weights
 
-__all__ = ["CrossEntropy", "DensityConstrained", "L1BallConstrained"]
+__all__ = ["CrossEntropy", "DensityConstrained", "DensityScale", "L1BallConstrained", "density_violation"]
+
+DensityScale = Literal["linear", "log"]
+"""How :class:`DensityConstrained` measures its violation: a difference or a log-ratio of densities."""
+
+
+def density_violation(
+    density: torch.Tensor, target: float, smallest: torch.Tensor, scale: DensityScale
+) -> torch.Tensor:
+    r"""Violation of :math:`\hat\rho \le \rho`, as a difference or as a log-ratio.
+
+    .. math::
+        g_{\text{linear}} = \hat\rho - \rho, \qquad
+        g_{\text{log}} = \log \frac{\max(\hat\rho, \rho_{\min})}{\rho}
+
+    Both are :math:`\le 0` exactly when :math:`\hat\rho \le \rho`. The log-ratio reads a density of zero
+    as :math:`\rho_{\min}` (one non-zero weight, ``smallest``) so that it stays finite.
+
+    Args:
+        density: :math:`\hat\rho`, any shape.
+        target: :math:`\rho > 0`.
+        smallest: :math:`\rho_{\min} > 0`, broadcastable to ``density``.
+        scale: ``"linear"`` or ``"log"``.
+    """
+    if scale == "linear":
+        return density - target
+    if scale == "log":
+        return torch.log(torch.maximum(density, smallest) / target)
+    raise ValueError(f"scale must be 'linear' or 'log', got {scale!r}")
 
 
 class CrossEntropy(cooper.ConstrainedMinimizationProblem):
@@ -47,12 +80,24 @@ class DensityConstrained(cooper.ConstrainedMinimizationProblem):
         model: The network; the weights of its ``nn.Linear`` layers are constrained (biases are not).
         target_density: :math:`\rho \in (0, 1]`, for the model or (``layerwise``) for every layer.
         layerwise: One constraint (and one multiplier, one threshold) per layer.
+        scale: The violation: ``"linear"`` (default), :math:`\hat\rho - \rho`, for additive dual updates;
+            ``"log"``, :math:`\log(\hat\rho / \rho)`, for multiplicative ones (:func:`density_violation`).
     """
 
-    def __init__(self, model: nn.Module, target_density: float, *, layerwise: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        target_density: float,
+        *,
+        layerwise: bool = False,
+        scale: DensityScale = "linear",
+    ) -> None:
         super().__init__()
         if not 0.0 < target_density <= 1.0:
             raise ValueError(f"target_density must lie in (0, 1], got {target_density}")
+        if scale not in ("linear", "log"):
+            raise ValueError(f"scale must be 'linear' or 'log', got {scale!r}")
+        self.scale: DensityScale = scale
         self.model = model
         self.weights = penalised_weights(model)
         if not self.weights:
@@ -87,7 +132,8 @@ class DensityConstrained(cooper.ConstrainedMinimizationProblem):
         return (nonzero.sum() / self.sizes.sum()).reshape(1)
 
     def density_state(self) -> cooper.ConstraintState:
-        violation = self.measured_density() - self.target_density
+        sizes = self.sizes if self.layerwise else self.sizes.sum().reshape(1)
+        violation = density_violation(self.measured_density(), self.target_density, 1.0 / sizes, self.scale)
         return cooper.ConstraintState(
             violation=violation,
             strict_violation=violation,
@@ -99,6 +145,10 @@ class DensityConstrained(cooper.ConstrainedMinimizationProblem):
         logits = self.model(inputs)
         loss = nn.functional.cross_entropy(logits, labels)
         return cooper.CMPState(loss=loss, observed_constraints={self.density: self.density_state()})
+
+    def compute_violations(self) -> cooper.CMPState:
+        """The density constraint only (no forward pass): the count of the weights as they are now."""
+        return cooper.CMPState(loss=None, observed_constraints={self.density: self.density_state()})
 
 
 class L1BallConstrained(cooper.ConstrainedMinimizationProblem):

@@ -144,7 +144,7 @@ def _plot_fronts(out: Path, fronts: dict[str, list[dict[str, Any]]], title: str)
             marker=".",
             label=name,
         )
-    left.set(xlabel="||θ||₁", ylabel="training loss", title=f"{title}: front")
+    left.set(xlabel="‖θ‖₁", ylabel="training loss", title=f"{title}: front")
     right.set(
         xlabel="density (fraction of non-zero weights)", ylabel="test accuracy", title="accuracy vs density"
     )

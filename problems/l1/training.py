@@ -36,11 +36,22 @@ def proximal_sgd(
 
 
 def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
-    """Mini-batch indices of one epoch, a function of ``(seed, epoch)`` only; one batch when it covers all."""
+    r"""Mini-batch indices of one epoch, a function of ``(seed, epoch)`` only; one batch when it covers all.
+
+    A random permutation of the :math:`n` examples is cut into :math:`k = \lceil n / B \rceil` batches of
+    equal size (:math:`\lfloor n/k \rfloor` or :math:`\lceil n/k \rceil` examples), not into :math:`k - 1`
+    batches of :math:`B` and a remainder: a small last batch has a noisier gradient, and with proximal
+    steps that noise turns zero weights on, so every epoch (and the returned model) would end on the
+    densest iterate (MNIST-5k, :math:`B = 128`: 31 batches of 128 and one of 32 gave a final density about
+    one point above the run's typical one; now 32 batches of 125).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if batch_size >= num_samples:
         return [torch.arange(num_samples)]
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return list(torch.randperm(num_samples, generator=generator).split(batch_size))
+    count = -(-num_samples // batch_size)
+    return list(torch.randperm(num_samples, generator=generator).tensor_split(count))
 
 
 def train_epochs(
