@@ -458,3 +458,10 @@ def test_measure_speedup_validates_its_arguments(
     call: Callable[..., object] = measure_speedup
     with pytest.raises(error, match=match):
         call(model, export_dense(model), **arguments)
+
+
+def test_equivalence_tolerance_is_1e5_or_four_float32_ulps() -> None:
+    from problems.sparsity.export_run import equivalence_tolerance
+
+    assert equivalence_tolerance(1.0) == 1e-5
+    assert equivalence_tolerance(100.0) == pytest.approx(4 * 100.0 * 2.0**-23)
