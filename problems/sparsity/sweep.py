@@ -116,23 +116,45 @@ def bisect_lambda(
     high: float = 10.0,
     max_runs: int = 10,
 ) -> list[tuple[float, dict[str, Any]]]:
-    """Bisect λ (in log space) of the penalized method until the test-time density is within ±1 point.
+    r"""Search λ of the penalized method until the test-time density is within ±1 point of ``target``.
 
-    Density decreases as λ grows. Returns every (λ, metrics) tried, in order.
+    Density decreases as λ grows. Geometric bisection of ``[low, high]`` until a run on each side of
+    the target is known, then regula falsi in :math:`\log\lambda` between the two closest bracketing
+    runs (:func:`next_lambda`). Returns every (λ, metrics) tried, in order.
     """
     tried: list[tuple[float, dict[str, Any]]] = []
+    above: tuple[float, float] | None = None  # (λ, density) of the closest run still too dense
+    below: tuple[float, float] | None = None  # (λ, density) of the closest run too sparse
     for _ in range(max_runs):
-        lmbda = math.sqrt(low * high)
+        lmbda = next_lambda(low, high, above, below, target)
         metrics = run_once(RunSpec(model, target, "penalized", 0, lmbda=round(lmbda, 8)), root, epochs)
         tried.append((lmbda, metrics))
         density = metrics["test_time_density"]
         if abs(density - target) <= TOLERANCE:
             break
         if density > target:
-            low = lmbda
+            low, above = lmbda, (lmbda, density)
         else:
-            high = lmbda
+            high, below = lmbda, (lmbda, density)
     return tried
+
+
+def next_lambda(
+    low: float,
+    high: float,
+    above: tuple[float, float] | None,
+    below: tuple[float, float] | None,
+    target: float,
+) -> float:
+    r"""The next λ: :math:`\sqrt{\text{low}\cdot\text{high}}` until the target is bracketed by two runs,
+    then the point where the line through them in :math:`(\log\lambda, d)` crosses the target, kept
+    in the middle 80% of the bracket."""
+    if above is None or below is None:
+        return math.sqrt(low * high)
+    (lambda_a, density_a), (lambda_b, density_b) = above, below
+    fraction = (density_a - target) / (density_a - density_b)
+    fraction = min(max(fraction, 0.1), 0.9)
+    return math.exp(math.log(lambda_a) + fraction * (math.log(lambda_b) - math.log(lambda_a)))
 
 
 def summarize(

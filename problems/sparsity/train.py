@@ -486,7 +486,8 @@ def epoch_row(run: Run, data: DataSplit, epoch: int, train_loss: float) -> dict[
         "step": epoch + 1,
         "epoch": epoch + 1,
         "train_loss": train_loss,
-        "train_accuracy": accuracy(run.model, data.x_train, data.y_train),
+        # every 4th training example (1,000 of MNIST-5k's 4,000): the per-epoch curve at a quarter of the cost
+        "train_accuracy": accuracy(run.model, data.x_train[::4], data.y_train[::4]),
         "test_accuracy": accuracy(run.model, data.x_test, data.y_test),
         "expected_density": densities["expected_density"],
         "test_time_density": densities["test_time_density"],

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from problems.scaffold.checkpoints import load_checkpoint
+from problems.sparsity import sweep as sweep_module
 from problems.sparsity.cli import main
 from problems.sparsity.config import SparsityConfig
 from problems.sparsity.models import tiny_mlp
 from problems.sparsity.problem import ControlledSparsity, density_targets
+from problems.sparsity.sweep import RunSpec, bisect_lambda, next_lambda
 from problems.sparsity.train import magnitude_masks, train
 
 
@@ -206,3 +209,21 @@ def test_extrapolation_with_nupi_is_refused(tmp_path: Path) -> None:
 def test_every_updater_and_scheme_runs(tmp_path: Path, overrides) -> None:
     metrics = train(tiny(tmp_path, epochs=3, **overrides))
     assert 0 < metrics["test_time_density"] <= 1
+
+
+def test_next_lambda_bisects_until_bracketed_then_interpolates() -> None:
+    assert next_lambda(1e-3, 10.0, None, (10.0, 0.05), 0.3) == pytest.approx(0.1)
+    # density 0.5 at λ=0.01 and 0.1 at λ=1: the line in log λ crosses 0.3 halfway, at λ=0.1
+    assert next_lambda(0.01, 1.0, (0.01, 0.5), (1.0, 0.1), 0.3) == pytest.approx(0.1)
+    # a crossing at the very edge of the bracket is pulled to 10% inside it
+    assert next_lambda(0.01, 1.0, (0.01, 0.31), (1.0, 0.1), 0.3) == pytest.approx(0.01 * 100**0.1)
+
+
+def test_lambda_search_stops_within_one_point(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def fake_run(spec: RunSpec, root: Path, epochs: int | None) -> dict[str, float]:
+        return {"test_time_density": 0.6 - 0.1 * math.log10(spec.lmbda)}  # 0.3 at λ = 1000
+
+    monkeypatch.setattr(sweep_module, "run_once", fake_run)
+    tried = bisect_lambda("mlp", 0.3, tmp_path, None, low=1e-3, high=1e5)
+    assert abs(tried[-1][1]["test_time_density"] - 0.3) <= 0.01
+    assert len(tried) <= 4 and round(tried[0][1]["test_time_density"], 3) == 0.5
