@@ -2,9 +2,9 @@
 
 Each run lives in ``OUT/runs/<name>/``; a run whose ``metrics.json`` exists is skipped, a run with a
 checkpoint resumes from it, so a sweep can be stopped and restarted (or left running in the
-background across sessions) without losing work. The penalized baseline is calibrated by a λ
-bisection per target (one seed, model-wise): the number of full training runs it needs to land within
-±1 point of the target is the *cost of control* that one constrained run replaces.
+background across sessions) without losing work. The penalized baseline is calibrated by a λ search
+per target (bisection, then regula falsi; one seed, model-wise): the number of full training runs it
+needs to land within ±1 point of the target is the *cost of control* that one constrained run replaces.
 """
 
 from __future__ import annotations
