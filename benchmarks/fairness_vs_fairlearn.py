@@ -10,18 +10,24 @@ What is measured
       ``LogisticRegression``, and ``ExponentiatedGradient(LogisticRegression(), constraint)`` with
       ``DemographicParity(difference_bound=eps)`` and ``EqualizedOdds(difference_bound=eps)``. Its
       predictions are those of ``predict(X, random_state=0)`` (a randomized mixture of fitted models).
-    * ``cooper_like``: ``problems.fairness.train`` with the default configuration (logistic model,
-      500 full-batch AdamW steps, nuPI on the multipliers driven by the true rates, best candidate chosen
-      on the training data) and with a shorter run (300 steps, dual lr 0.3), for ``--seeds`` seeds; then
-      the MLP with its defaults for demographic parity.
+    * ``cooper_like``: ``problems.fairness.train`` with the default configuration (logistic model
+      starting at zero, 100 full-batch AdamW steps at lr 0.2, nuPI on the multipliers driven by the true
+      rates with dual lr 1, best candidate chosen on the training data) and, for reference, the former
+      default schedule (500 steps, lr 0.1, dual lr 0.2), for ``--seeds`` seeds; then the MLP with its
+      defaults for demographic parity.
 
     Reported on the test set: accuracy, ``dp_difference`` / ``eo_difference`` (max - min over groups,
     fairlearn's ``demographic_parity_difference`` / ``equalized_odds_difference``; checked against
     fairlearn's functions on the same predictions) and the max deviation from the overall rate (what
-    ``difference_bound`` bounds). Time: fairlearn's ``fit`` vs our training loop (steps, candidate
-    measurements and the final choice; data loading excluded in both). fairlearn is fitted once per
-    seed, interleaved with our runs of that seed (the machine may be shared: interleaving exposes both
-    to the same load); ratio = median fairlearn time / median of ours, both on one thread (the verdict).
+    ``difference_bound`` bounds). Time ("fit s"): fairlearn's ``fit`` against our ``train`` from the
+    configuration to the returned model (model and optimizers built, steps, candidate measurements and
+    their log rows, the choice); data loading excluded in both, and the one-time imports paid before
+    either clock starts (fairlearn's at its import, ours by a one-step warm-up run). "call s" is our
+    whole ``train`` call, which also evaluates the test set and writes ``metrics.json``, ``model.pt``
+    and three plots (reported, not judged: fairlearn's prediction and metrics are not timed either).
+    fairlearn is fitted once per seed, interleaved with our runs of that seed (the machine may be
+    shared: interleaving exposes both to the same load); ratio = median fairlearn time / median of
+    ours, both on one thread (the verdict).
     One more fairlearn fit per criterion with scikit-learn's default BLAS/OpenMP thread pools is reported
     for information: on a shared machine oversubscribed thread pools can make it several times slower.
 
@@ -75,9 +81,11 @@ MLP_TARGET = {"max_difference": 0.015, "min_accuracy": 0.840}
 TIME_RATIO_TARGET = 10.0
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
-    "short": {"epochs": 300, "dual_lr": 0.3},
+    "500 steps": {"epochs": 500, "lr": 0.1, "dual_lr": 0.2},
 }
-"""Our configurations: the defaults (500 full-batch steps), and a shorter run (300 steps, faster dual)."""
+"""Our configurations: the defaults (100 full-batch steps), and the former default schedule for reference."""
+JUDGED_RECIPE = "default"
+"""The recipe whose times are held to the target; the others are reported for information."""
 
 
 def thread_limits() -> Any:
@@ -145,9 +153,11 @@ def run_fairlearn(data: RateDataset, criterion: str | None, one_thread: bool = T
 
 
 def run_ours(data: RateDataset, seed: int, out: Path, **overrides: Any) -> dict[str, Any]:
+    """Our run; ``call_s`` is the whole ``train`` call (``wall_time_s`` stops at the returned model)."""
     config = FairnessConfig(seed=seed, out=out, **overrides)
+    started = time.perf_counter()
     metrics = train(config, data)
-    return metrics
+    return {**metrics, "call_s": time.perf_counter() - started}
 
 
 def fairness_benchmark(args: argparse.Namespace) -> str:
@@ -158,7 +168,14 @@ def fairness_benchmark(args: argparse.Namespace) -> str:
     verdicts: list[list[str]] = []
     notes = [note, f"epsilon = {EPSILON}", f"seeds: {args.seeds}"]
 
-    def add_row(method: str, seed: str, report: dict[str, Any], seconds: float, extra: str = "") -> None:
+    def add_row(
+        method: str,
+        seed: str,
+        report: dict[str, Any],
+        seconds: float,
+        extra: str = "",
+        call_seconds: float | None = None,
+    ) -> None:
         rows.append(
             [
                 method,
@@ -169,6 +186,7 @@ def fairness_benchmark(args: argparse.Namespace) -> str:
                 f"{report['dp_max_deviation']:.4f}",
                 f"{report['eo_max_deviation']:.4f}",
                 f"{seconds:.2f}",
+                "-" if call_seconds is None else f"{call_seconds:.2f}",
                 extra,
             ]
         )
@@ -177,9 +195,12 @@ def fairness_benchmark(args: argparse.Namespace) -> str:
         print("fairlearn unmitigated ...", flush=True)
         base = run_fairlearn(data, None)
         add_row("fairlearn LogisticRegression (unmitigated)", "-", base["report"], base["time"])
+    print("cooper_like warm-up (one step, untimed: imports of the logger and the plots) ...", flush=True)
+    run_ours(data, 0, scratch / "warm-up", epochs=1)
     for criterion, target in TARGETS.items():
         baseline_times: list[float] = []
         times: dict[str, list[float]] = {recipe: [] for recipe in RECIPES}
+        call_times: dict[str, list[float]] = {recipe: [] for recipe in RECIPES}
         passes: dict[str, list[bool]] = {recipe: [] for recipe in RECIPES}
         for round_index, seed in enumerate(args.seeds):  # fairlearn and ours interleaved, one round per seed
             if fairlearn is not None:
@@ -195,12 +216,14 @@ def fairness_benchmark(args: argparse.Namespace) -> str:
                 )
                 report = {key: metrics[f"test_{key}"] for key in _REPORT_KEYS}
                 times[recipe].append(metrics["wall_time_s"])
+                call_times[recipe].append(metrics["call_s"])
                 add_row(
                     f"cooper_like logistic {criterion} ({recipe})",
                     str(seed),
                     report,
                     metrics["wall_time_s"],
                     f"{metrics['returned']['kind']} @ step {metrics['returned']['steps'][0]}",
+                    metrics["call_s"],
                 )
                 passes[recipe].append(
                     report[f"{target['key']}_difference"] <= target["max_difference"]
@@ -236,12 +259,14 @@ def fairness_benchmark(args: argparse.Namespace) -> str:
                 ]
             )
         for recipe in RECIPES:
+            judged = recipe == JUDGED_RECIPE
             verdicts.append(
                 [
-                    f"logistic {criterion} ({recipe}): test {target['key']} difference <= "
-                    f"{target['max_difference']} and accuracy >= {target['min_accuracy']}",
+                    f"logistic {criterion} ({recipe}){'' if judged else ', informational'}: test "
+                    f"{target['key']} difference <= {target['max_difference']} and accuracy >= "
+                    f"{target['min_accuracy']}",
                     f"{sum(passes[recipe])}/{len(passes[recipe])} seeds",
-                    "met" if all(passes[recipe]) else "missed",
+                    ("met" if all(passes[recipe]) else "missed") if judged else "-",
                 ]
             )
             median = statistics.median(times[recipe])
@@ -251,14 +276,27 @@ def fairness_benchmark(args: argparse.Namespace) -> str:
                 if baseline_times
                 else ratio
             )
+            verdict = (
+                "met" if ratio >= TIME_RATIO_TARGET else ("missed" if ratio == ratio else "not measured")
+            )
             verdicts.append(
                 [
-                    f"time {criterion} ({recipe}): fairlearn median {baseline_time:.1f} s / ours median "
-                    f"{median:.2f} s (median of paired ratios {paired:.1f}x)",
+                    f"time {criterion} ({recipe}){'' if judged else ', informational'}: fairlearn median "
+                    f"{baseline_time:.1f} s / ours median {median:.2f} s (median of paired ratios {paired:.1f}x)",
                     f"{ratio:.1f}x",
-                    "met" if ratio >= TIME_RATIO_TARGET else ("missed" if ratio == ratio else "not measured"),
+                    verdict if judged else "-",
                 ]
             )
+            if judged:
+                call_median = statistics.median(call_times[recipe])
+                verdicts.append(
+                    [
+                        f"time {criterion} ({recipe}), informational: fairlearn fit median {baseline_time:.1f} s "
+                        f"/ our whole train() call median {call_median:.2f} s (test evaluation, files, plots)",
+                        f"{baseline_time / call_median:.1f}x",
+                        "-",
+                    ]
+                )
     if args.mlp:
         passes = []
         for seed in args.seeds:
@@ -271,6 +309,7 @@ def fairness_benchmark(args: argparse.Namespace) -> str:
                 report,
                 metrics["wall_time_s"],
                 f"{metrics['returned']['kind']} @ step {metrics['returned']['steps'][0]}",
+                metrics["call_s"],
             )
             passes.append(
                 report["dp_difference"] <= MLP_TARGET["max_difference"]
@@ -292,7 +331,8 @@ def fairness_benchmark(args: argparse.Namespace) -> str:
         "EO diff",
         "DP max dev",
         "EO max dev",
-        "train s",
+        "fit s",
+        "call s",
         "returned",
     ]
     print(text_table(header, rows))
@@ -307,9 +347,12 @@ def fairness_benchmark(args: argparse.Namespace) -> str:
         "Test set (16,281 rows), sensitive attribute sex. DP/EO diff: max - min over groups (fairlearn's "
         "demographic_parity_difference / equalized_odds_difference, checked against fairlearn's functions on "
         "fairlearn's predictions); max dev: max_g |rate_g - rate_overall|, the quantity epsilon bounds "
-        "(fairlearn's difference_bound). 'train s': fairlearn fit time vs cooper_like training loop (steps, "
-        "candidate measurements, final choice), both without data loading, one thread. cooper_like: one "
-        "deterministic model per run, default configuration (see FairnessConfig).",
+        "(fairlearn's difference_bound). 'fit s': fairlearn's fit vs cooper_like's train() from the "
+        "configuration to the returned model (setup, steps, candidate measurements and log rows, choice), "
+        "both without data loading and after their one-time imports, one thread; 'call s': the whole "
+        "train() call (adds the test evaluation, metrics.json, model.pt and three plots). cooper_like: one "
+        "deterministic model per run, default configuration (see FairnessConfig); the logistic model starts "
+        "at zero, so full-batch logistic runs do not depend on the seed.",
         "",
         *environment_lines(notes),
     ]
@@ -340,6 +383,8 @@ def neyman_pearson_benchmark(args: argparse.Namespace) -> str:
         baseline_time = time.perf_counter() - started
     scores, scores_test = baseline.decision_function(x), baseline.decision_function(x_test)
     rows, verdicts = [], []
+    print("cooper_like warm-up (one step, untimed: imports of the logger and the plots) ...", flush=True)
+    train_neyman_pearson(NeymanPearsonConfig(epochs=1, out=scratch / "warm-up"), data)
     for alpha in (0.05, 0.1):
         threshold = np.quantile(scores[y == 0], 1 - alpha)
         rows.append(
@@ -391,8 +436,10 @@ def neyman_pearson_benchmark(args: argparse.Namespace) -> str:
         "",
         "Test set (16,281 rows; 12,435 negatives, 3,846 positives). cooper_like: logistic-loss surrogate of the FNR "
         "on the positives, FPR <= alpha with the sigmoid proxy for the model and the true FPR for the multiplier "
-        "(default NeymanPearsonConfig: full batch, 500 steps, nuPI dual lr 5). Baseline: the plug-in rule, an "
-        "unconstrained logistic regression whose threshold is set on the training negatives.",
+        "(default NeymanPearsonConfig: full batch, 500 steps, nuPI dual lr 5; the logistic model starts at zero). "
+        "'train s': scikit-learn's fit vs train_neyman_pearson from the configuration to the returned model, "
+        "after a one-step warm-up run (imports). Baseline: the plug-in rule, an unconstrained logistic "
+        "regression whose threshold is set on the training negatives.",
         "",
         *environment_lines([f"seeds: {args.seeds}"]),
     ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -19,12 +19,20 @@ class FairnessConfig(RateTrainConfig):
 
     The defaults are the recommended setting for every criterion: full-batch AdamW on the model with a
     cosine decay and beta1 = 0.5 (less momentum damps the primal-dual oscillation that plain settings
-    show on equalized odds), 500 steps at lr 0.1 for the logistic model, 600 steps at lr 0.01 with
-    weight decay 3 for the MLP (64 ReLU units; it overfits Adult otherwise), nuPI on the multipliers
-    driven by the true rates, and the returned model chosen among the candidates (one every 10 steps)
-    on the training data. ``epsilon`` bounds every :math:`|r_g - r|`; the max-minus-min difference can reach
-    about :math:`1.5\\epsilon` for groups of shares 1/3 and 2/3 (both are reported).
+    show on equalized odds), nuPI on the multipliers driven by the true rates, and the returned model
+    chosen among the candidates (one every 10 steps) on the training data. Logistic model: starts at
+    zero, 100 steps at lr 0.2 with dual lr 1 (the former 500 steps at lr 0.1 with dual lr 0.2 take five
+    times longer for a demographic-parity model of the same training accuracy, and reach a 0.3-point
+    higher test accuracy on equalized odds, 0.845 against 0.842). MLP (64 ReLU units): 600 steps at
+    lr 0.01 with weight decay 3 (it overfits Adult otherwise) and dual lr 0.2. ``epsilon`` bounds every
+    :math:`|r_g - r|`; the max-minus-min difference can reach about :math:`1.5\\epsilon` for groups of
+    shares 1/3 and 2/3 (both are reported).
     """
+
+    model_defaults: ClassVar[dict[str, dict[str, Any]]] = {
+        **RateTrainConfig.model_defaults,
+        "logistic": {**RateTrainConfig.model_defaults["logistic"], "epochs": 100, "lr": 0.2, "dual_lr": 1.0},
+    }
 
     constraint: Literal["demographic-parity", "equal-opportunity", "equalized-odds"] = Field(
         default="demographic-parity", description="fairness criterion"

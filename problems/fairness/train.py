@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from problems.fairness.problem import CRITERIA, FairClassification
 from problems.rates.adult import load_adult
 from problems.rates.data import LabeledSplit, RateDataset
 from problems.rates.kinds import RateKind
-from problems.rates.metrics import PARITY_KINDS, group_rates, overall_rate, rate_report
+from problems.rates.metrics import PARITY_KINDS, rate_report, rate_weights
 from problems.rates.models import build_scorer
 from problems.rates.plots import plot_series, plot_tradeoff
 from problems.rates.training import (
@@ -42,6 +44,7 @@ __all__ = [
     "load_data",
     "parity_violations",
     "plot_run",
+    "split_rate_weights",
     "train",
 ]
 
@@ -74,15 +77,30 @@ def criterion_key(criterion: str) -> str:
     return {"demographic-parity": "dp", "equal-opportunity": "tpr", "equalized-odds": "eo"}[criterion]
 
 
+def split_rate_weights(kinds: Iterable[RateKind], split: LabeledSplit) -> dict[RateKind, torch.Tensor]:
+    """Per rate, weights ``(G + 1, n)`` whose product with the predictions gives its rate in every group,
+    then over everyone (:func:`~problems.rates.metrics.rate_weights`); built once per split."""
+    membership = torch.cat([split.membership, torch.ones_like(split.membership[:1])])
+    return {RateKind(kind): rate_weights(kind, split.y, membership) for kind in kinds}
+
+
 def parity_violations(
-    criterion: str, epsilon: float, positive_probability: torch.Tensor, split: LabeledSplit
+    criterion: str,
+    epsilon: float,
+    positive_probability: torch.Tensor,
+    split: LabeledSplit,
+    weights: dict[RateKind, torch.Tensor] | None = None,
 ) -> np.ndarray:
-    """True constraint values :math:`\\pm(r_g - r) - \\epsilon` of every group and rate (linear in the predictions)."""
+    """True constraint values :math:`\\pm(r_g - r) - \\epsilon` of every group and rate (linear in the predictions).
+
+    ``weights``: the split's :func:`split_rate_weights` (computed here when omitted).
+    """
+    kinds = list(CRITERIA[criterion].values())
+    weights = split_rate_weights(kinds, split) if weights is None else weights
     rows = []
-    for kind in CRITERIA[criterion].values():
-        gaps = group_rates(kind, positive_probability, split.y, split.membership) - overall_rate(
-            kind, positive_probability, split.y
-        )
+    for kind in kinds:
+        rates = weights[kind] @ positive_probability.double()
+        gaps = rates[:-1] - rates[-1]
         rows.append(torch.stack([gaps, -gaps], dim=1).reshape(-1) - epsilon)
     values = torch.cat(rows).numpy()
     return np.nan_to_num(values, nan=-epsilon)
@@ -98,16 +116,16 @@ def build(
     FairClassification, cooper.optim.SimultaneousOptimizer, list[torch.optim.lr_scheduler.LRScheduler]
 ]:
     """The problem, its optimizer (AdamW on the model, SGD or nuPI on the multipliers) and the lr schedulers."""
-    epochs, batch_size, lr, weight_decay, _ = config.resolved()
+    settings = config.resolved()
     model = build_scorer(config.model, data.num_features, config.hidden, config.depth)
     problem = FairClassification(
         model, config.constraint, data.groups.num_groups, config.epsilon, config.proxy, config.temperature
     )
-    primal = build_primal_optimizer(model.parameters(), lr, config.beta1, weight_decay)
+    primal = build_primal_optimizer(model.parameters(), settings.lr, config.beta1, settings.weight_decay)
     dual = build_dual_optimizer(
-        config.dual_optimizer, problem.dual_parameters(), config.dual_lr, config.nupi_kp, config.nupi_ema_nu
+        config.dual_optimizer, problem.dual_parameters(), settings.dual_lr, config.nupi_kp, config.nupi_ema_nu
     )
-    total = epochs * steps_per_epoch(data.train.num_examples, batch_size)
+    total = settings.epochs * steps_per_epoch(data.train.num_examples, settings.batch_size)
     schedulers = build_schedulers(primal, config.lr_schedule, total, config.lr_final_fraction)
     return problem, cooper.optim.SimultaneousOptimizer(problem, primal, dual), schedulers
 
@@ -120,33 +138,46 @@ def train(config: FairnessConfig, data: RateDataset | None = None) -> dict[str, 
         data: Optional data set to use instead of Adult (e.g. in tests); its groups must be non-empty.
 
     Returns:
-        The metrics written to ``metrics.json``.
+        The metrics written to ``metrics.json``; ``wall_time_s`` is the time from the configuration to the
+        returned model (setup, steps, candidate measurements and logs, choice), without the data loading
+        and the final evaluation, outputs and plots.
 
     Raises:
         GroupError: A group has no member (with the needed label) in a split.
     """
+    if data is None:
+        data = load_data(config)
+    started = time.perf_counter()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    if data is None:
-        data = load_data(config)
     data.check_groups(list(CRITERIA[config.constraint].values()))
     problem, optimizer, schedulers = build(config, data)
     model = problem.model
     key = criterion_key(config.constraint)
     partitions = data.groups.partitions
 
+    prefixes = ("dp",) if key == "dp" else ("tpr", "fpr")
+    kinds = {*CRITERIA[config.constraint].values(), *(PARITY_KINDS[prefix] for prefix in prefixes)}
+    selection = data.selection_split
+    selection_weights = split_rate_weights(kinds, selection)
+
+    def weights_of(split: LabeledSplit) -> dict[RateKind, torch.Tensor]:
+        return selection_weights if split is selection else split_rate_weights(kinds, split)
+
     def measure(probability: torch.Tensor, split: LabeledSplit) -> tuple[float, np.ndarray]:
-        error = overall_rate(RateKind.ERROR, probability, split.y)
-        return error, parity_violations(config.constraint, config.epsilon, probability, split)
+        error = float((probability - split.y).abs().mean())  # P(prediction != label), p in [0, 1]
+        return error, parity_violations(
+            config.constraint, config.epsilon, probability, split, weights_of(split)
+        )
 
     def row_metrics(probability: torch.Tensor, split: LabeledSplit) -> dict[str, float]:
-        row = {"selection_accuracy": 1.0 - overall_rate(RateKind.ERROR, probability, split.y)}
-        prefixes = ("dp",) if key == "dp" else ("tpr", "fpr")
+        row = {"selection_accuracy": 1.0 - float((probability - split.y).abs().mean())}
+        weights = weights_of(split)
         for prefix in prefixes:
-            rates = group_rates(PARITY_KINDS[prefix], probability, split.y, split.membership)
+            rates = weights[PARITY_KINDS[prefix]][:-1] @ probability.double()
             row[f"selection_{prefix}_difference"] = max(
                 float(rates[part].max() - rates[part].min()) for part in partitions
             )
@@ -156,8 +187,10 @@ def train(config: FairnessConfig, data: RateDataset | None = None) -> dict[str, 
             )
         return row
 
-    epochs, batch_size, _, _, log_every = config.resolved()
-    settings = LoopSettings(epochs, batch_size, log_every, config.seed, config.selection)
+    resolved = config.resolved()
+    settings = LoopSettings(
+        resolved.epochs, resolved.batch_size, resolved.log_every, config.seed, config.selection
+    )
     with MetricsLogger(out) as logger:
         result = run_primal_dual(
             problem, optimizer, model, data, settings, measure, logger, row_metrics, schedulers
@@ -165,7 +198,8 @@ def train(config: FairnessConfig, data: RateDataset | None = None) -> dict[str, 
 
     if len(result.choice.indices) == 1:
         model.load_state_dict(result.candidates[result.choice.indices[0]].state)
-    metrics = final_metrics(config, data, problem, result)
+    fit_seconds = time.perf_counter() - started
+    metrics = final_metrics(config, data, problem, result, fit_seconds)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     save_checkpoint(
         {
@@ -185,9 +219,16 @@ def train(config: FairnessConfig, data: RateDataset | None = None) -> dict[str, 
 
 
 def final_metrics(
-    config: FairnessConfig, data: RateDataset, problem: FairClassification, result: LoopResult
+    config: FairnessConfig,
+    data: RateDataset,
+    problem: FairClassification,
+    result: LoopResult,
+    wall_time_s: float | None = None,
 ) -> dict[str, Any]:
-    """Metrics of the returned model (and of the last iterate, for comparison) on every split."""
+    """Metrics of the returned model (and of the last iterate, for comparison) on every split.
+
+    ``wall_time_s``: the training time to report (default: the loop's, ``result.wall_time_s``).
+    """
     model = problem.model
     metrics: dict[str, Any] = {}
     partitions = data.groups.partitions
@@ -210,7 +251,7 @@ def final_metrics(
         {
             "returned": result.choice.describe(result.candidates),
             "deterministic": len(result.choice.indices) == 1,
-            "wall_time_s": result.wall_time_s,
+            "wall_time_s": result.wall_time_s if wall_time_s is None else wall_time_s,
             "steps": result.steps,
             "skipped_group_constraints": problem.skipped,
             "multipliers": multiplier_values(problem),

@@ -3,20 +3,31 @@
 :class:`RateTrainConfig` holds what every rate-constrained run needs (model, primal and dual
 optimizers, proxy, choice of the returned model); :class:`~problems.fairness.config.FairnessConfig`
 and :class:`NeymanPearsonConfig` add their own constraint's fields. Fields left unset whose good value
-depends on the model (``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``log_every``) are filled
-from :attr:`RateTrainConfig.model_defaults`.
+depends on the model (``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``log_every``, ``dual_lr``)
+are filled from :attr:`RateTrainConfig.model_defaults` (a trainer's config may override the table).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import Field, model_validator
 
 from problems.scaffold.config import TrainConfig
 
-__all__ = ["NeymanPearsonConfig", "RateTrainConfig"]
+__all__ = ["NeymanPearsonConfig", "RateTrainConfig", "ResolvedSettings"]
+
+
+class ResolvedSettings(NamedTuple):
+    """The per-model settings of a :class:`RateTrainConfig`, with its model's defaults applied."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    log_every: int
+    dual_lr: float
 
 
 class RateTrainConfig(TrainConfig):
@@ -27,15 +38,29 @@ class RateTrainConfig(TrainConfig):
     """
 
     model_defaults: ClassVar[dict[str, dict[str, Any]]] = {
-        "logistic": {"epochs": 500, "batch_size": 1_000_000, "lr": 0.1, "weight_decay": 0.0, "log_every": 10},
-        "mlp": {"epochs": 600, "batch_size": 1_000_000, "lr": 0.01, "weight_decay": 3.0, "log_every": 10},
+        "logistic": {
+            "epochs": 500,
+            "batch_size": 1_000_000,
+            "lr": 0.1,
+            "weight_decay": 0.0,
+            "log_every": 10,
+            "dual_lr": 0.2,
+        },
+        "mlp": {
+            "epochs": 600,
+            "batch_size": 1_000_000,
+            "lr": 0.01,
+            "weight_decay": 3.0,
+            "log_every": 10,
+            "dual_lr": 0.2,
+        },
     }
 
     model: Literal["logistic", "mlp"] = Field(default="logistic", description="scoring model")
     hidden: int = Field(default=64, ge=1, description="units per hidden layer of the MLP")
     depth: int = Field(default=1, ge=1, description="hidden layers of the MLP")
     dual_optimizer: Literal["sgd", "nupi"] = Field(default="nupi", description="multiplier updater")
-    dual_lr: float = Field(default=0.2, gt=0, description="dual learning rate")
+    dual_lr: float | None = Field(default=None, gt=0, description="dual learning rate (default per model)")
     nupi_kp: float = Field(default=2.0, ge=0, description="proportional gain of nuPI")
     nupi_ema_nu: float = Field(default=0.0, ge=0, lt=1, description="EMA coefficient of nuPI")
     proxy: Literal["sigmoid", "hinge"] = Field(
@@ -87,15 +112,15 @@ class RateTrainConfig(TrainConfig):
                 object.__setattr__(self, name, value)  # bypasses validate_assignment (no recursion)
         return self
 
-    def resolved(self) -> tuple[int, int, float, float, int]:
-        """``(epochs, batch_size, lr, weight_decay, log_every)`` with the model defaults applied."""
-        values = (self.epochs, self.batch_size, self.lr, self.weight_decay, self.log_every)
+    def resolved(self) -> ResolvedSettings:
+        """The per-model settings with the model defaults applied."""
+        values = (self.epochs, self.batch_size, self.lr, self.weight_decay, self.log_every, self.dual_lr)
         if any(value is None for value in values):  # pragma: no cover - the validator fills them
             raise ValueError(f"unresolved defaults in {values}")
-        epochs, batch_size, lr, weight_decay, log_every = values
+        epochs, batch_size, lr, weight_decay, log_every, dual_lr = values
         assert epochs is not None and batch_size is not None and lr is not None
-        assert weight_decay is not None and log_every is not None
-        return epochs, batch_size, lr, weight_decay, log_every
+        assert weight_decay is not None and log_every is not None and dual_lr is not None
+        return ResolvedSettings(epochs, batch_size, lr, weight_decay, log_every, dual_lr)
 
 
 class NeymanPearsonConfig(RateTrainConfig):

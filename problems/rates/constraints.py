@@ -150,8 +150,9 @@ class RateParity:
 
     def _batch_layout(
         self, labels: torch.Tensor, membership: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Weights of the observed rows (both sides), their ids, the indicator signs and observed groups.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
+        """Weights of the observed rows (both sides), their ids, the indicator signs, the observed groups'
+        indices and the number of unobserved groups.
 
         They depend on the labels and memberships only, so they are reused while the same (unmodified)
         tensors come back, as in full-batch training.
@@ -170,7 +171,9 @@ class RateParity:
         signs: torch.Tensor | None = indicator_signs(self.kind, labels)
         if signs is not None and bool((signs > 0).all()):
             signs = None  # every example contributes "predicted positive": skip the sign arithmetic
-        layout = (both_sides.index_select(0, rows), rows, signs, observed)
+        observed_groups = observed.nonzero().reshape(-1)
+        skipped = self.num_groups - int(observed_groups.numel())
+        layout = (both_sides.index_select(0, rows), rows, signs, observed_groups, skipped)
         self._layout_cache = (labels, membership, (labels._version, membership._version), layout)
         return layout
 
@@ -188,11 +191,9 @@ class RateParity:
             raise ValueError(
                 f"membership must have shape ({self.num_groups}, {scores.shape[0]}), got {tuple(membership.shape)}"
             )
-        both_sides, rows, signs, observed = self._batch_layout(labels, membership)
+        both_sides, rows, signs, observed_groups, skipped = self._batch_layout(labels, membership)
         proxy_all, true_all = signed_indicator_sums(both_sides, scores, signs, self.proxy, self.temperature)
-        skipped = int((~observed).sum())
         self.skipped += skipped
-        observed_groups = observed.nonzero().reshape(-1)
         true_gaps = torch.full((self.num_groups,), float("nan"))
         true_gaps[observed_groups] = true_all[0::2].float()
         proxy_gaps = torch.full((self.num_groups,), float("nan"), dtype=scores.dtype)

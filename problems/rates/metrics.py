@@ -24,7 +24,7 @@ import torch
 
 from problems.rates.kinds import RateKind, denominator_mask
 
-__all__ = ["PARITY_KINDS", "group_rates", "overall_rate", "rate_report"]
+__all__ = ["PARITY_KINDS", "group_rates", "overall_rate", "rate_report", "rate_weights"]
 
 PARITY_KINDS = {
     "dp": RateKind.POSITIVE_PREDICTION,
@@ -53,15 +53,30 @@ def overall_rate(kind: RateKind, positive_probability: torch.Tensor, labels: tor
     return float(_indicator(kind, positive_probability.double(), labels)[denominator].sum() / count)
 
 
+def rate_weights(kind: RateKind, labels: torch.Tensor, membership: torch.Tensor) -> torch.Tensor:
+    r"""Averaging weights :math:`A` of shape ``(G, n)`` float64: :math:`(A I)_g` is the rate in group :math:`g`.
+
+    With :math:`D` the rate's denominator, :math:`G_g` the members of group :math:`g` and :math:`I` the
+    per-example indicator (the prediction itself for positive-prediction, true- and false-positive rates):
+
+    .. math::
+        A_{gi} = \frac{\mathbb 1[i \in G_g \cap D]}{|G_g \cap D|},
+
+    a row of NaN when :math:`G_g \cap D` is empty. They depend on the labels and groups only, so a split's
+    weights can be built once and applied to every candidate.
+    """
+    inside = (membership & denominator_mask(RateKind(kind), labels)).double()
+    counts = inside.sum(dim=1, keepdim=True)
+    return torch.where(counts > 0, inside / counts.clamp(min=1), torch.full_like(inside, float("nan")))
+
+
 def group_rates(
     kind: RateKind, positive_probability: torch.Tensor, labels: torch.Tensor, membership: torch.Tensor
 ) -> torch.Tensor:
     """The rate inside each group, shape ``(G,)`` float64 (NaN for a group empty in the denominator)."""
     kind = RateKind(kind)
-    inside = (membership & denominator_mask(kind, labels)).double()
-    counts = inside.sum(dim=1)
-    totals = inside @ _indicator(kind, positive_probability.double(), labels)
-    return torch.where(counts > 0, totals / counts.clamp(min=1), torch.full_like(counts, float("nan")))
+    weights = rate_weights(kind, labels, membership)
+    return weights @ _indicator(kind, positive_probability.double(), labels)
 
 
 def _max_minus_min(rates: torch.Tensor, partitions: Sequence[Sequence[int]]) -> float:

@@ -62,7 +62,7 @@ def indicator_proxy(
     """
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    scaled = signed_scores / temperature
+    scaled = signed_scores if temperature == 1.0 else signed_scores / temperature
     if proxy == "sigmoid":
         return torch.sigmoid(scaled)
     if proxy == "hinge":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,25 +61,27 @@ def train_neyman_pearson(config: NeymanPearsonConfig, data: RateDataset | None =
 
     Returns:
         The metrics written to ``metrics.json`` (``test_false_positive_rate``, ``test_false_negative_rate``,
-        ``alpha``, ``returned``, ``wall_time_s``, ...).
+        ``alpha``, ``returned``, ``wall_time_s`` (configuration to returned model, data loading and
+        final evaluation excluded), ...).
     """
+    if data is None:
+        data = load_np_data(config)
+    started = time.perf_counter()  # the fit: setup to returned model, data loading excluded
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-    if data is None:
-        data = load_np_data(config)
     for split_name, split in data.splits().items():
         for label, name in ((0.0, "negative"), (1.0, "positive")):
             if not bool((split.y == label).any()):
                 raise ValueError(f"the {split_name} split has no {name} example: FPR/FNR are undefined")
-    epochs, batch_size, lr, weight_decay, log_every = config.resolved()
+    epochs, batch_size, lr, weight_decay, log_every, dual_lr = config.resolved()
     model = build_scorer(config.model, data.num_features, config.hidden, config.depth)
     problem = NeymanPearson(model, config.alpha, config.proxy, config.temperature)
     primal = build_primal_optimizer(model.parameters(), lr, config.beta1, weight_decay)
     dual = build_dual_optimizer(
-        config.dual_optimizer, problem.dual_parameters(), config.dual_lr, config.nupi_kp, config.nupi_ema_nu
+        config.dual_optimizer, problem.dual_parameters(), dual_lr, config.nupi_kp, config.nupi_ema_nu
     )
     optimizer = cooper.optim.SimultaneousOptimizer(problem, primal, dual)
     schedulers = build_schedulers(
@@ -106,6 +109,7 @@ def train_neyman_pearson(config: NeymanPearsonConfig, data: RateDataset | None =
         )
     if len(result.choice.indices) == 1:
         model.load_state_dict(result.candidates[result.choice.indices[0]].state)
+    fit_seconds = time.perf_counter() - started
 
     metrics: dict[str, Any] = {}
     for split_name, split in data.splits().items():
@@ -125,7 +129,7 @@ def train_neyman_pearson(config: NeymanPearsonConfig, data: RateDataset | None =
             "test_fpr_within_alpha_plus_0.01": metrics["test_false_positive_rate"] <= config.alpha + 0.01,
             "returned": result.choice.describe(result.candidates),
             "deterministic": len(result.choice.indices) == 1,
-            "wall_time_s": result.wall_time_s,
+            "wall_time_s": fit_seconds,
             "steps": result.steps,
             "skipped_constraint_batches": problem.skipped,
             "multiplier": multiplier_values(problem)["false_positive_rate"][0],

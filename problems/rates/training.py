@@ -1,10 +1,14 @@
-"""The primal-dual loop shared by the rate-constrained problems, with candidate iterates and the final choice.
+r"""The primal-dual loop shared by the rate-constrained problems, with candidate iterates and the final choice.
 
 Every ``eval_every`` optimisation steps (and after the last one) the loop copies the model as a
 :class:`~problems.rates.selection.Candidate`, measured on the selection split (validation, or train
 without one), and logs a row. After training, :func:`~problems.rates.selection.choose` picks the model
-to return. The measured wall time covers the optimisation steps, the candidate measurements and the
-choice; not the data loading nor the final test evaluation.
+to return. :attr:`LoopResult.wall_time_s` covers the optimisation steps, the candidate measurements and
+the choice; the trainers report the time from their configuration to the returned model (setup
+included), never the data loading nor the final test evaluation.
+
+Full-batch inputs are stored feature-major once (:func:`feature_major`): a linear layer's forward
+:math:`Xw` and backward :math:`X^\top g` then read contiguous columns, 2-3 times faster on CPU.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
     "build_schedulers",
     "chosen_positive_probability",
     "epoch_batches",
+    "feature_major",
     "multiplier_values",
     "positive_probability",
     "run_primal_dual",
@@ -137,6 +142,18 @@ def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> l
     return list(torch.randperm(num_samples, generator=generator).split(batch_size))
 
 
+def feature_major(inputs: torch.Tensor) -> torch.Tensor:
+    r"""The same ``(n, d)`` matrix stored column by column (strides ``(1, n)``), values unchanged.
+
+    With :math:`X` feature-major, :math:`Xw` and :math:`X^\top g` (a linear layer's forward and weight
+    gradient) stream over contiguous columns; a row-major :math:`X^\top g` strides across rows.
+    Other shapes are returned as they are.
+    """
+    if inputs.dim() != 2:
+        return inputs
+    return inputs.t().contiguous().t()
+
+
 @torch.no_grad()
 def positive_probability(model: nn.Module, inputs: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
     """1.0 where the (eval-mode) model's score is > 0, else 0.0."""
@@ -215,14 +232,17 @@ def run_primal_dual(
     """
     if settings.epochs < 1 or settings.batch_size < 1 or settings.eval_every < 1:
         raise ValueError(f"epochs, batch_size and eval_every must be >= 1, got {settings}")
+    started = time.perf_counter()
     train, selection = data.train, data.selection_split
     num_samples = train.num_examples
     total_steps = settings.epochs * steps_per_epoch(num_samples, settings.batch_size)
     candidates: list[Candidate] = []
     history: list[dict[str, Any]] = []
     step = 0
-    started = time.perf_counter()
-    full = {"inputs": train.x, "labels": train.y, "membership": train.membership}
+    full_batch = steps_per_epoch(num_samples, settings.batch_size) == 1
+    full_inputs = feature_major(train.x) if full_batch else train.x
+    selection_inputs = full_inputs if selection is train else feature_major(selection.x)
+    full = {"inputs": full_inputs, "labels": train.y, "membership": train.membership}
     for epoch in progress(range(settings.epochs), desc="epochs", total=settings.epochs):
         batches = epoch_batches(num_samples, settings.batch_size, settings.seed, epoch)
         for batch in batches if batches is not None else [None]:
@@ -241,7 +261,7 @@ def run_primal_dual(
             step += 1
             if step % settings.eval_every and step != total_steps:
                 continue
-            probability = positive_probability(model, selection.x)
+            probability = positive_probability(model, selection_inputs)
             objective, violations = measure(probability, selection)
             row: dict[str, Any] = {
                 "step": step,

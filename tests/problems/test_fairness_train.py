@@ -12,6 +12,7 @@ from problems.fairness.cli import main
 from problems.fairness.config import FairnessConfig
 from problems.fairness.train import train
 from problems.rates.adult import load_adult
+from problems.rates.config import NeymanPearsonConfig
 from problems.rates.data import RateDataset
 from problems.rates.groups import GroupError
 from problems.scaffold.config import ConfigError, parse_config
@@ -62,6 +63,14 @@ def test_demographic_parity_run_reduces_the_gap_below_the_bound(tmp_path: Path) 
             assert f"{split}_{key}" in saved
     assert {"returned", "wall_time_s", "epsilon_semantics", "last_iterate"} <= set(saved)
     assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 15
+
+
+def test_full_batch_logistic_run_does_not_depend_on_the_seed(tmp_path: Path) -> None:
+    data = adult_slice(3000)
+    runs = [train(FairnessConfig(epochs=5, seed=seed, out=tmp_path / str(seed)), data) for seed in (0, 7)]
+    assert runs[0]["test_accuracy"] == runs[1]["test_accuracy"]
+    assert runs[0]["multipliers"] == runs[1]["multipliers"]
+    assert runs[0]["wall_time_s"] > 0
 
 
 def test_mini_batches_skip_groups_absent_from_a_batch(tmp_path: Path) -> None:
@@ -117,7 +126,15 @@ def test_cli_rejects_unknown_criterion(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_config_defaults_per_model_and_errors() -> None:
     logistic, mlp = FairnessConfig(), FairnessConfig(model="mlp")
-    assert logistic.resolved()[2] == 0.1 and mlp.resolved()[2] == 0.01
+    assert (logistic.resolved().epochs, logistic.resolved().lr, logistic.resolved().dual_lr) == (
+        100,
+        0.2,
+        1.0,
+    )
+    assert (mlp.resolved().epochs, mlp.resolved().lr, mlp.resolved().dual_lr) == (600, 0.01, 0.2)
+    assert FairnessConfig(dual_lr=0.5).resolved().dual_lr == 0.5
+    assert NeymanPearsonConfig().resolved().dual_lr == 5.0  # its own default, not the fairness table
+    assert NeymanPearsonConfig().resolved().epochs == 500
     assert FairnessConfig(sensitive="sex,race").sensitive == ["sex", "race"]  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="sensitive"):
         parse_config(FairnessConfig, {"sensitive": "sex,sex"})

@@ -11,13 +11,16 @@ from torch import nn
 
 import cooper_like as cooper
 from problems.fairness.problem import FairClassification
+from problems.fairness.train import parity_violations, split_rate_weights
 from problems.rates.constraints import RateBound, RateParity, parity_weights
 from problems.rates.data import LabeledSplit, RateDataset, validation_split
 from problems.rates.groups import GroupError, GroupSpec, check_groups_nonempty
 from problems.rates.kinds import RateKind
-from problems.rates.metrics import group_rates, overall_rate, rate_report
+from problems.rates.metrics import group_rates, overall_rate, rate_report, rate_weights
+from problems.rates.models import build_scorer
 from problems.rates.proxies import indicator_proxy, signed_indicator_sums, true_indicator
 from problems.rates.selection import Candidate, best_candidate, best_mixture, choose
+from problems.rates.training import feature_major
 
 # Toy batch: groups A = examples 0-2, B = examples 3-5; predictions (score > 0) = [1, 0, 1, 0, 1, 0].
 SCORES = torch.tensor([2.0, -1.0, 0.5, -3.0, 1.0, -0.5])
@@ -80,6 +83,43 @@ def test_report_metrics_and_both_epsilon_semantics() -> None:
     # A randomized classifier: expected rates are linear in the probabilities.
     half = rate_report(0.5 * PREDICTIONS, LABELS, MEMBERSHIP)
     assert half["dp_difference"] == pytest.approx(1 / 6)
+
+
+def test_rate_weights_give_the_group_rates_and_the_parity_violations() -> None:
+    probability = torch.tensor([0.9, 0.0, 1.0, 0.25, 1.0, 0.0], dtype=torch.float64)
+    split = LabeledSplit(torch.zeros(6, 1), LABELS, MEMBERSHIP)
+    weights = split_rate_weights([RateKind.TRUE_POSITIVE, RateKind.FALSE_POSITIVE], split)
+    for kind, matrix in weights.items():
+        assert matrix.shape == (3, 6) and matrix.dtype == torch.float64
+        rates = matrix @ probability
+        assert torch.allclose(rates[:2], group_rates(kind, probability, LABELS, MEMBERSHIP))
+        assert float(rates[2]) == pytest.approx(overall_rate(kind, probability, LABELS))
+    cached = parity_violations("equalized-odds", 0.05, probability, split, weights)
+    assert np.allclose(cached, parity_violations("equalized-odds", 0.05, probability, split))
+    gap = 0.45 - (0.9 + 1.0) / 3  # TPR of group A minus the overall TPR
+    assert cached[:2] == pytest.approx([gap - 0.05, -gap - 0.05])
+    no_positive_in_b = torch.tensor([[1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 1, 1]], dtype=torch.bool)
+    labels = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0])
+    empty = rate_weights(RateKind.TRUE_POSITIVE, labels, no_positive_in_b)
+    assert bool(torch.isnan(empty[1]).all()) and not bool(torch.isnan(empty[0]).any())
+
+
+def test_feature_major_layout_keeps_the_values_and_the_scores() -> None:
+    torch.manual_seed(0)
+    inputs = torch.randn(50, 7)
+    columns = feature_major(inputs)
+    assert columns.stride() == (1, 50) and torch.equal(columns, inputs)
+    vector = torch.randn(5)
+    assert feature_major(vector) is vector
+    layer = nn.Linear(7, 1)
+    assert torch.allclose(layer(columns), layer(inputs), atol=1e-6)
+
+
+def test_logistic_scorer_starts_at_zero_and_the_mlp_at_random() -> None:
+    logistic = build_scorer("logistic", 4)
+    assert all(not bool(parameter.any()) for parameter in logistic.parameters())
+    assert logistic(torch.randn(3, 4)).tolist() == [0.0, 0.0, 0.0]
+    assert any(bool(parameter.any()) for parameter in build_scorer("mlp", 4, hidden=3).parameters())
 
 
 def test_tie_at_zero_counts_as_negative_prediction_in_every_rate() -> None:
