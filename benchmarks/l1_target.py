@@ -80,7 +80,7 @@ def main() -> int:
         "target",
         "method",
         "density" + (" (per layer)" if arguments.layerwise else ""),
-        "|error| (pts)",
+        "abs error (pts)",
         "within ±1 pt",
         "test acc",
         "runs",
