@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 import cooper_like as cooper
+from cooper_like.reporting import metrics_row
 from problems.rates.data import LabeledSplit, RateDataset
 from problems.rates.selection import Candidate, Choice, SelectionMode, choose
 from problems.scaffold.metrics_log import MetricsLogger
@@ -272,6 +273,9 @@ def run_primal_dual(
                 else float("nan"),
                 "selection_objective": objective,
                 "selection_max_violation": float(np.max(violations)) if np.size(violations) else 0.0,
+                **metrics_row(
+                    roll_out, problem, optimizer
+                ),  # violation/, strict_violation/, multiplier/, lr/
                 **_violation_columns(roll_out),
                 **_multiplier_columns(problem),
             }

@@ -63,6 +63,9 @@ def test_demographic_parity_run_reduces_the_gap_below_the_bound(tmp_path: Path) 
             assert f"{split}_{key}" in saved
     assert {"returned", "wall_time_s", "epsilon_semantics", "last_iterate"} <= set(saved)
     assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 15
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    logged = {key.split("/")[0] for key in first}
+    assert {"violation", "strict_violation", "multiplier", "lr", "skipped_steps"} <= logged
 
 
 def test_full_batch_logistic_run_does_not_depend_on_the_seed(tmp_path: Path) -> None:
