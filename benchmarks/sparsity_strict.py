@@ -11,11 +11,10 @@ defaults, and the shipped density is compared with the target::
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from _common import environment_lines, write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -63,19 +62,14 @@ def main() -> None:
                 f"{100 * metrics['test_accuracy']:.2f} |"
             )
             print(lines[-1], flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
-    lines += [
-        "",
-        f"- command: `python benchmarks/sparsity_strict.py {' '.join(sys.argv[1:])}`",
-        f"- git HEAD: {commit}; machine: {platform.platform()}; date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        "- shipped density: fraction of weights whose Louizos test-time gate is > 0; CLI defaults otherwise "
-        "(floor constraint, dual restarts, 30 + 10 fine-tuning epochs)",
+    notes = [
+        "shipped density: fraction of weights whose Louizos test-time gate is > 0; CLI defaults otherwise "
+        "(floor constraint, dual restarts, 30 + 10 fine-tuning epochs)"
     ]
+    lines += ["", *environment_lines(notes)]
     text = "\n".join(lines) + "\n"
     if arguments.write:
-        RESULT.write_text(text)
+        write_atomic(RESULT, text)
     print(text)
 
 

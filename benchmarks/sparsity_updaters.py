@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from _common import environment_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -91,14 +90,9 @@ def main() -> int:
             f"{summary['epochs_until_stays_within_1pt']} | {100 * metrics['test_accuracy']:.2f} | {metrics['wall_time_s']:.1f} |"
         )
         print(lines[-1], flush=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
-    ).stdout.strip()
     lines += [
         "",
-        f"- command: `python benchmarks/sparsity_updaters.py {' '.join(sys.argv[1:])}`",
-        f"- git HEAD: {commit}; machine: {platform.platform()}, {platform.processor()}; date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-        "- densities are read at the end of every epoch (deterministic test-time gates).",
+        *environment_lines(["densities are read at the end of every epoch (deterministic test-time gates)"]),
     ]
     table = "\n".join(lines) + "\n"
     print(table)
