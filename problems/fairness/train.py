@@ -19,7 +19,7 @@ from problems.rates.data import LabeledSplit, RateDataset
 from problems.rates.kinds import RateKind
 from problems.rates.metrics import PARITY_KINDS, rate_report, rate_weights
 from problems.rates.models import build_scorer
-from problems.rates.plots import plot_series, plot_tradeoff
+from problems.rates.plots import plot_tradeoff, plot_trajectories
 from problems.rates.training import (
     LoopResult,
     LoopSettings,
@@ -271,21 +271,7 @@ def final_metrics(
 
 def plot_run(config: FairnessConfig, result: LoopResult, metrics: dict[str, Any], out: Path) -> None:
     """violations.png, multipliers.png and tradeoff.png (accuracy vs unfairness of the candidates)."""
-    plot_series(
-        result.history,
-        ["batch_max_violation/", "selection_max_violation"],
-        out / "violations.png",
-        ylabel="max true violation (rate gap - epsilon)",
-        title="constraint violations",
-        zero_line=True,
-    )
-    plot_series(
-        result.history,
-        ["multiplier/"],
-        out / "multipliers.png",
-        ylabel="multiplier",
-        title="Lagrange multipliers",
-    )
+    plot_trajectories(result.history, out, violation_ylabel="max true violation (rate gap - epsilon)")
     key = criterion_key(config.constraint)
     xs = [float(row.get(f"selection_{key}_difference", float("nan"))) for row in result.history]
     ys = [float(row.get("selection_accuracy", float("nan"))) for row in result.history]

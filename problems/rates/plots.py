@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_series", "plot_tradeoff"]
+__all__ = ["plot_series", "plot_tradeoff", "plot_trajectories"]
 
 
 def _pyplot() -> Any:
@@ -50,6 +50,21 @@ def plot_series(
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return True
+
+
+def plot_trajectories(history: Sequence[dict[str, Any]], out: Path, *, violation_ylabel: str) -> None:
+    """violations.png (the true violations, batch and selection split) and multipliers.png, against ``step``."""
+    plot_series(
+        history,
+        ["batch_max_violation/", "selection_max_violation"],
+        out / "violations.png",
+        ylabel=violation_ylabel,
+        title="constraint violations",
+        zero_line=True,
+    )
+    plot_series(
+        history, ["multiplier/"], out / "multipliers.png", ylabel="multiplier", title="Lagrange multipliers"
+    )
 
 
 def plot_tradeoff(

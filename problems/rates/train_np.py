@@ -18,7 +18,7 @@ from problems.rates.kinds import RateKind
 from problems.rates.metrics import overall_rate, rate_report
 from problems.rates.models import build_scorer
 from problems.rates.neyman_pearson import NeymanPearson
-from problems.rates.plots import plot_series, plot_tradeoff
+from problems.rates.plots import plot_tradeoff, plot_trajectories
 from problems.rates.training import (
     LoopResult,
     LoopSettings,
@@ -160,21 +160,7 @@ def train_neyman_pearson(config: NeymanPearsonConfig, data: RateDataset | None =
 
 def plot_np_run(config: NeymanPearsonConfig, result: LoopResult, metrics: dict[str, Any], out: Path) -> None:
     """violations.png, multipliers.png and tradeoff.png (FNR vs FPR of the candidates)."""
-    plot_series(
-        result.history,
-        ["batch_max_violation/", "selection_max_violation"],
-        out / "violations.png",
-        ylabel="FPR - alpha (true rate)",
-        title="constraint violation",
-        zero_line=True,
-    )
-    plot_series(
-        result.history,
-        ["multiplier/"],
-        out / "multipliers.png",
-        ylabel="multiplier",
-        title="Lagrange multiplier",
-    )
+    plot_trajectories(result.history, out, violation_ylabel="FPR - alpha (true rate)")
     xs = [float(row["selection_false_positive_rate"]) for row in result.history]
     ys = [float(row["selection_false_negative_rate"]) for row in result.history]
     plot_tradeoff(

@@ -189,14 +189,6 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
-def _multiplier_columns(problem: cooper.ConstrainedMinimizationProblem) -> dict[str, float]:
-    row: dict[str, float] = {}
-    for name, values in multiplier_values(problem).items():
-        for index, value in enumerate(values):
-            row[f"multiplier/{name}/{index}"] = float(value)
-    return row
-
-
 def _violation_columns(roll_out: cooper.optim.RollOut) -> dict[str, float]:
     row: dict[str, float] = {}
     for name, strict in roll_out.cmp_state.named_observed_strict_violations():
@@ -277,7 +269,6 @@ def run_primal_dual(
                     roll_out, problem, optimizer
                 ),  # violation/, strict_violation/, multiplier/, lr/
                 **_violation_columns(roll_out),
-                **_multiplier_columns(problem),
             }
             if row_metrics is not None:
                 row.update(row_metrics(probability, selection))
