@@ -51,6 +51,12 @@ class ConstraintState:
             raise TypeError(
                 f"ConstraintState: violation must be a torch.Tensor, got {type(self.violation).__name__}"
             )
+        if (
+            self.strict_violation is None
+            and self.strict_constraint_features is None
+            and self.num_samples is None
+        ):
+            return  # the common case: nothing else to check
         if self.strict_violation is not None and not isinstance(self.strict_violation, torch.Tensor):
             raise TypeError(
                 "ConstraintState: strict_violation must be a torch.Tensor or None, "

@@ -136,23 +136,22 @@ class ExplicitMultiplier(Multiplier):
         """Rows touched by the current dual gradient (``None`` means every row)."""
 
     def post_step_(self) -> None:
-        r"""Project inequality multipliers onto :math:`\lambda \ge 0`.
+        r"""Project inequality multipliers onto :math:`\lambda \ge 0` (in place, in any grad mode).
 
         Only the observed rows when the gradient is sparse (the optimizer moved no other row); every row
         when it is dense (a stateful optimizer — momentum, Adam — also moves rows not observed now).
         """
-        if torch.is_grad_enabled():  # a direct call; the constrained optimizers call it under no_grad
-            with torch.no_grad():
-                return self.post_step_()
         weight = self._parameters["weight"]
         assert weight is not None
-        if self.constraint_type is not ConstraintType.INEQUALITY or weight.grad is None:
+        gradient = weight.grad
+        if gradient is None or self.constraint_type is not ConstraintType.INEQUALITY:
             return
-        rows = self.observed_rows()
-        if rows is None or not weight.grad.is_sparse:
-            weight.clamp_(min=0)
+        values = weight.detach()  # writes through to ``weight`` (and bumps its version counter)
+        rows = self.observed_rows() if gradient.is_sparse else None
+        if rows is None:
+            values.clamp_(min=0)
         else:
-            weight.index_copy_(0, rows, weight.index_select(0, rows).clamp_(min=0))
+            values.index_copy_(0, rows, values.index_select(0, rows).clamp_(min=0))
 
     def extra_repr(self) -> str:
         return f"num_constraints={self.num_constraints}"
@@ -168,7 +167,7 @@ class DenseMultiplier(ExplicitMultiplier):
         return self.weight.clone()
 
     def snapshot(self, constraint_features: torch.Tensor | None) -> torch.Tensor:
-        return self.weight.detach().clone()
+        return self._parameters["weight"].detach().clone()  # type: ignore[union-attr]
 
     def check_observation(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
         expected = self._parameters["weight"].shape[0]  # type: ignore[union-attr]
@@ -181,12 +180,13 @@ class DenseMultiplier(ExplicitMultiplier):
     def add_dual_gradient_(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
         weight = self._parameters["weight"]
         assert weight is not None
-        gradient = violation.detach()
-        if gradient.shape != weight.shape:
-            gradient = gradient.reshape(weight.shape)
+        gradient = violation.detach() if violation.requires_grad else violation
+        if gradient.dim() != 1:  # check_observation guarantees one entry per multiplier
+            gradient = gradient.reshape(-1)
         # A copy, so that in-place edits of the gradient (clipping, ...) never alter the user's tensor.
         gradient = gradient.clone() if gradient.dtype == weight.dtype else gradient.to(weight.dtype)
-        weight.grad = gradient if weight.grad is None else weight.grad + gradient
+        previous = weight.grad
+        weight.grad = gradient if previous is None else previous + gradient
 
     def observed_rows(self) -> torch.Tensor | None:
         return None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -18,8 +18,7 @@ from cooper_like.multipliers import ExplicitMultiplier, Multiplier
 from cooper_like.penalty_coefficients import PenaltyCoefficient
 
 
-@dataclass
-class DualGradient:
+class DualGradient(NamedTuple):
     r"""A direct dual-gradient term: :math:`\partial \mathcal{L}_d / \partial \lambda = \tilde g` for ``multiplier``."""
 
     multiplier: ExplicitMultiplier
@@ -127,41 +126,26 @@ class CMPState:
         store = LagrangianStore()
         lagrangian = self.loss
         for constraint, state in self.observed_constraints.items():
-            contribution = constraint.formulation.compute_contribution_to_primal_lagrangian(
-                state, constraint.multiplier, constraint.penalty_coefficient
-            )
-            if contribution is None:
-                continue
-            lagrangian = accumulate(lagrangian, contribution.lagrangian_contribution)
-            record_values(
-                store, constraint, contribution.multiplier_value, contribution.penalty_coefficient_value
-            )
-        store.lagrangian = lagrangian
-        store.autograd_part = lagrangian
+            lagrangian = add_primal_contribution(store, lagrangian, constraint, state)
+        store.lagrangian = store.autograd_part = lagrangian
         return store
 
     def compute_dual_lagrangian(self) -> LagrangianStore:
         r""":math:`\mathcal{L}_d = \sum_c \lambda_c^\top \tilde g_c`, differentiable in the multipliers (no loss term)."""
         store = LagrangianStore()
         for constraint, state in self.observed_constraints.items():
-            multiplier = constraint.multiplier
-            if not state.contributes_to_dual_update or multiplier is None:
-                continue
-            if (
-                isinstance(multiplier, ExplicitMultiplier)
-                and constraint.formulation.dual_gradient_is_violation
-            ):
-                store.add_dual_term(constraint, multiplier, state)
-                continue
-            contribution = constraint.compute_contribution_to_dual_lagrangian(state)
-            if contribution is None:
-                continue
-            store.lagrangian = accumulate(store.lagrangian, contribution.lagrangian_contribution)
-            store.autograd_part = accumulate(store.autograd_part, contribution.lagrangian_contribution)
-            record_values(
-                store, constraint, contribution.multiplier_value, contribution.penalty_coefficient_value
-            )
+            add_dual_contribution(store, constraint, state)
         return store
+
+    def compute_lagrangians(self) -> tuple[LagrangianStore, LagrangianStore]:
+        """The primal and the dual Lagrangian of this measurement, built in one pass over the constraints."""
+        primal_store, dual_store = LagrangianStore(), LagrangianStore()
+        lagrangian = self.loss
+        for constraint, state in self.observed_constraints.items():
+            lagrangian = add_primal_contribution(primal_store, lagrangian, constraint, state)
+            add_dual_contribution(dual_store, constraint, state)
+        primal_store.lagrangian = primal_store.autograd_part = lagrangian
+        return primal_store, dual_store
 
     def named_observed_violations(self) -> Iterator[tuple[str | None, torch.Tensor]]:
         for constraint, state in self.observed_constraints.items():
@@ -179,6 +163,41 @@ class CMPState:
     def named_observed_strict_constraint_features(self) -> Iterator[tuple[str | None, torch.Tensor | None]]:
         for constraint, state in self.observed_constraints.items():
             yield constraint.name, state.extract_constraint_features()[1]
+
+
+def add_primal_contribution(
+    store: LagrangianStore, lagrangian: torch.Tensor | None, constraint: Constraint, state: ConstraintState
+) -> torch.Tensor | None:
+    """``lagrangian`` plus the constraint's primal contribution (recorded in ``store``), if it has one."""
+    contribution = constraint.formulation.compute_contribution_to_primal_lagrangian(
+        state, constraint.multiplier, constraint.penalty_coefficient
+    )
+    if contribution is None:
+        return lagrangian
+    record_values(store, constraint, contribution.multiplier_value, contribution.penalty_coefficient_value)
+    term = contribution.lagrangian_contribution
+    return term if lagrangian is None else lagrangian + term
+
+
+def add_dual_contribution(store: LagrangianStore, constraint: Constraint, state: ConstraintState) -> None:
+    """Add the constraint's dual contribution (if it has one) to ``store``.
+
+    An explicit multiplier whose dual gradient is the strict violation gets a direct dual term
+    (:meth:`LagrangianStore.add_dual_term`); anything else goes through its formulation and autograd.
+    """
+    multiplier = constraint.multiplier
+    if multiplier is None or not state.contributes_to_dual_update:
+        return
+    if isinstance(multiplier, ExplicitMultiplier) and constraint.formulation.dual_gradient_is_violation:
+        store.add_dual_term(constraint, multiplier, state)
+        return
+    contribution = constraint.compute_contribution_to_dual_lagrangian(state)
+    if contribution is None:
+        return
+    term = contribution.lagrangian_contribution
+    store.lagrangian = accumulate(store.lagrangian, term)
+    store.autograd_part = accumulate(store.autograd_part, term)
+    record_values(store, constraint, contribution.multiplier_value, contribution.penalty_coefficient_value)
 
 
 def record_values(
@@ -256,7 +275,13 @@ class ConstrainedMinimizationProblem(abc.ABC):
 
     def unique_multipliers(self) -> list[Multiplier]:
         """The multipliers, each shared multiplier once, in registration order."""
-        return list(dict.fromkeys(self.multipliers()))
+        unique: list[Multiplier] = []
+        registry = self.__dict__.get("_constraints") or self._registry()
+        for constraint in registry.values():
+            multiplier = constraint.multiplier
+            if multiplier is not None and not any(multiplier is seen for seen in unique):
+                unique.append(multiplier)
+        return unique
 
     def named_penalty_coefficients(self) -> Iterator[tuple[str, PenaltyCoefficient]]:
         for name, constraint in self.named_constraints():

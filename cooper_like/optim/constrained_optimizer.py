@@ -85,11 +85,11 @@ class ConstrainedOptimizer(CooperOptimizer):
         same update, without ``Optimizer.step``'s per-call overhead).
         """
         assert self.dual_optimizers is not None
-        with torch.no_grad():
-            for optimizer in self.dual_optimizers:
-                if not plain_ascent_step_(optimizer):
+        for optimizer in self.dual_optimizers:
+            if not plain_ascent_step_(optimizer):
+                with torch.no_grad():
                     optimizer.step()
-            self.post_process_multipliers()
+        self.post_process_multipliers()
 
     def post_process_multipliers(self) -> None:
         """Restart (where enabled) and project every multiplier of the problem."""

@@ -10,6 +10,7 @@ import torch
 
 from cooper_like import distributed as distributed_training
 from cooper_like.optim.non_finite import NonFiniteGuard, NonFinitePolicy
+from cooper_like.optim.torch_calls import clear_gradients, optimizer_step
 from cooper_like.problem import CMPState, ConstrainedMinimizationProblem, LagrangianStore
 
 T = TypeVar("T")
@@ -90,18 +91,20 @@ class CooperOptimizer(abc.ABC):
         return self.guard.skipped_steps
 
     def zero_grad(self) -> None:
-        """Clear (set to ``None``) the gradients of the primal and dual parameters."""
+        """Clear (set to ``None``) the gradients of the primal and dual parameters.
+
+        The effect of ``optimizer.zero_grad(set_to_none=True)`` on every optimizer (see
+        :func:`~cooper_like.optim.torch_calls.clear_gradients`).
+        """
         for optimizer in self.primal_optimizers:
-            optimizer.zero_grad(set_to_none=True)
+            clear_gradients(optimizer)
         for optimizer in self.dual_optimizers or ():
-            for group in optimizer.param_groups:  # what zero_grad(set_to_none=True) does, minus its overhead
-                for parameter in group["params"]:
-                    parameter.grad = None
+            clear_gradients(optimizer)
 
     def primal_step(self) -> None:
-        """Step every primal optimizer (each manages grad mode itself, as torch optimizers do)."""
+        """Step every primal optimizer (see :func:`~cooper_like.optim.torch_calls.optimizer_step`)."""
         for optimizer in self.primal_optimizers:
-            optimizer.step()
+            optimizer_step(optimizer)
 
     def evaluate(
         self, compute_cmp_state_kwargs: dict[str, Any] | None, *, for_dual_update: bool = True

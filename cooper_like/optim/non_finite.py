@@ -91,6 +91,15 @@ def finite_total(value: torch.Tensor) -> torch.Tensor:
     return value.sum(dtype=torch.float32) if value.dtype in (torch.float16, torch.bfloat16) else value.sum()
 
 
+def all_finite(values: list[torch.Tensor]) -> bool:
+    """Whether every entry of every tensor is finite (one host read per tensor)."""
+    for value in values:
+        total = value if value.dim() == 0 else finite_total(value)
+        if not math.isfinite(total.item()):
+            return False
+    return True
+
+
 class NonFiniteGuard:
     r"""Checks one step's Lagrangians before anything is updated.
 
@@ -138,17 +147,14 @@ class NonFiniteGuard:
             return True
         values = values_to_check(cmp_state, primal_store, dual_store)
         shared = distributed_training.switch_is_on(self.distributed)
-        if not values and not shared:
-            return True
-        if values and values[0].device.type != "cpu" and self.policy is NonFinitePolicy.RAISE and not shared:
-            self._check_pending()
-            self._defer(torch.stack([torch.isfinite(finite_total(value)) for value in values]).all())
-            return True
-        finite_here = True
-        for value in values:
-            if not math.isfinite(finite_total(value).item()):
-                finite_here = False
-                break
+        if not shared:
+            if not values:
+                return True
+            if not values[0].is_cpu and self.policy is NonFinitePolicy.RAISE:
+                self._check_pending()
+                self._defer(torch.stack([torch.isfinite(finite_total(value)) for value in values]).all())
+                return True
+        finite_here = all_finite(values)
         finite = distributed_training.all_ranks_agree(finite_here) if shared else finite_here
         if finite:
             return True

@@ -15,18 +15,17 @@ per optimizer), or a ``step`` replaced on the instance (as an LR scheduler does 
 from __future__ import annotations
 
 import torch
-from torch.optim import optimizer as torch_optimizer
+
+from cooper_like.optim.torch_calls import step_hooks_registered
 
 
 def is_plain_ascent(optimizer: torch.optim.Optimizer) -> bool:
     """``True`` when ``optimizer.step()`` is exactly :math:`\\lambda \\leftarrow \\lambda + \\eta\\nabla`."""
     if type(optimizer) is not torch.optim.SGD or "step" in optimizer.__dict__:
         return False
-    if optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks:
+    if step_hooks_registered(optimizer):
         return False
-    if torch_optimizer._global_optimizer_pre_hooks or torch_optimizer._global_optimizer_post_hooks:
-        return False
-    if getattr(optimizer, "grad_scale", None) is not None:
+    if optimizer.__dict__.get("grad_scale") is not None:
         return False
     for group in optimizer.param_groups:
         if (
@@ -44,7 +43,7 @@ def is_plain_ascent(optimizer: torch.optim.Optimizer) -> bool:
 
 
 def plain_ascent_step_(optimizer: torch.optim.Optimizer) -> bool:
-    """Apply the update of a plain ascending SGD in place (call under ``torch.no_grad()``).
+    """Apply the update of a plain ascending SGD in place (in any grad mode: it writes through ``detach()``).
 
     Returns ``False``, having done nothing, when ``optimizer`` is not plain (see the module docstring).
     """
@@ -55,5 +54,5 @@ def plain_ascent_step_(optimizer: torch.optim.Optimizer) -> bool:
         for parameter in group["params"]:
             gradient = parameter.grad
             if gradient is not None:
-                parameter.add_(gradient, alpha=lr)
+                parameter.detach().add_(gradient, alpha=lr)
     return True

@@ -24,8 +24,7 @@ class SimultaneousOptimizer(ConstrainedOptimizer):
         """Measure the problem once and update primal and dual variables from that measurement."""
         self.zero_grad()
         cmp_state = self.evaluate(compute_cmp_state_kwargs)
-        primal_store = cmp_state.compute_primal_lagrangian()
-        dual_store = cmp_state.compute_dual_lagrangian()
+        primal_store, dual_store = cmp_state.compute_lagrangians()
         if self.guard.admits(cmp_state, primal_store, dual_store):
             primal_store.backward()
             dual_store.backward()

@@ -122,3 +122,13 @@ def test_the_dual_step_of_a_scheduled_sgd_still_counts_for_the_scheduler() -> No
         optimizer.roll()
         scheduler.step()
     assert problem.c.multiplier.weight.item() == pytest.approx(0.5)  # [0 + 0.5 * (2 - 1)]_+
+
+
+def test_works_with_gradients_enabled() -> None:
+    """The update writes through ``detach()``, so no ``torch.no_grad()`` is needed (and the version bumps)."""
+    value = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    value.grad = torch.tensor([0.5, -1.0])
+    version = value._version
+    assert torch.is_grad_enabled()
+    assert plain_ascent_step_(torch.optim.SGD([value], lr=0.1, maximize=True))
+    assert torch.equal(value.detach(), torch.tensor([1.05, 1.9])) and value._version > version
