@@ -117,7 +117,8 @@ def build(
 ]:
     """The problem, its optimizer (AdamW on the model, SGD or nuPI on the multipliers) and the lr schedulers."""
     settings = config.resolved()
-    model = build_scorer(config.model, data.num_features, config.hidden, config.depth)
+    bins = config.numeric_bins or 0
+    model = build_scorer(config.model, data.num_features, config.hidden, config.depth, bins, data.train.x)
     problem = FairClassification(
         model, config.constraint, data.groups.num_groups, config.epsilon, config.proxy, config.temperature
     )

@@ -76,6 +76,16 @@ def test_full_batch_logistic_run_does_not_depend_on_the_seed(tmp_path: Path) -> 
     assert runs[0]["wall_time_s"] > 0
 
 
+def test_mlp_run_encodes_numerical_inputs_and_saves_the_encoding(tmp_path: Path) -> None:
+    data = adult_slice(3000)
+    metrics = train(FairnessConfig(model="mlp", epochs=5, log_every=5, seed=1, out=tmp_path), data)
+    assert metrics["config"]["numeric_bins"] == 16 and 0.0 < metrics["test_accuracy"] < 1.0
+    state = torch.load(tmp_path / "model.pt", weights_only=False)["model"]
+    numerical = {data.feature_names.index(name) for name in ("age", "capital-gain", "hours-per-week")}
+    assert numerical <= set(state["network.0.columns"].tolist())
+    assert state["network.1.weight"].shape[1] == data.num_features + state["network.0.columns"].numel()
+
+
 def test_mini_batches_skip_groups_absent_from_a_batch(tmp_path: Path) -> None:
     config = FairnessConfig(
         constraint="equal-opportunity",
@@ -135,6 +145,8 @@ def test_config_defaults_per_model_and_errors() -> None:
         1.0,
     )
     assert (mlp.resolved().epochs, mlp.resolved().lr, mlp.resolved().dual_lr) == (600, 0.01, 0.2)
+    assert (logistic.numeric_bins, mlp.numeric_bins) == (0, 16)
+    assert FairnessConfig(model="mlp", numeric_bins=0).numeric_bins == 0
     assert FairnessConfig(dual_lr=0.5).resolved().dual_lr == 0.5
     assert NeymanPearsonConfig().resolved().dual_lr == 5.0  # its own default, not the fairness table
     assert NeymanPearsonConfig().resolved().epochs == 500

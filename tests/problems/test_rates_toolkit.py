@@ -17,7 +17,7 @@ from problems.rates.data import LabeledSplit, RateDataset, validation_split
 from problems.rates.groups import GroupError, GroupSpec, check_groups_nonempty
 from problems.rates.kinds import RateKind
 from problems.rates.metrics import group_rates, overall_rate, rate_report, rate_weights
-from problems.rates.models import build_scorer
+from problems.rates.models import PiecewiseLinearBins, build_scorer
 from problems.rates.proxies import indicator_proxy, signed_indicator_sums, true_indicator
 from problems.rates.selection import Candidate, best_candidate, best_mixture, choose
 from problems.rates.training import feature_major
@@ -120,6 +120,31 @@ def test_logistic_scorer_starts_at_zero_and_the_mlp_at_random() -> None:
     assert all(not bool(parameter.any()) for parameter in logistic.parameters())
     assert logistic(torch.randn(3, 4)).tolist() == [0.0, 0.0, 0.0]
     assert any(bool(parameter.any()) for parameter in build_scorer("mlp", 4, hidden=3).parameters())
+
+
+def test_piecewise_linear_bins_encode_numerical_columns_and_the_spike() -> None:
+    torch.manual_seed(0)
+    spiky = torch.where(torch.rand(400) < 0.9, torch.zeros(400), 1.0 + 9.0 * torch.rand(400))
+    smooth = torch.randn(400)
+    onehot = (torch.rand(400) < 0.3).float()
+    inputs = torch.stack([spiky, onehot, smooth], dim=1)
+    encoding = PiecewiseLinearBins(inputs, bins=4)
+    assert encoding.columns.tolist() == [0] * 5 + [2] * 4  # the spike's interval + 4, none for one-hot
+    assert encoding.num_outputs == 3 + 9
+    encoded = encoding(inputs)
+    assert torch.equal(encoded[:, :3], inputs)
+    assert bool(((encoded[:, 3:] >= 0) & (encoded[:, 3:] <= 1)).all())
+    zero_rows = spiky == 0
+    assert not bool(encoded[zero_rows, 3:8].any())  # the usual value: every spike interval at 0
+    assert bool((encoded[~zero_rows, 3] == 1).all())  # any other value: the first interval full
+    feature_columns = feature_major(inputs)
+    assert torch.equal(encoding(feature_columns), encoded)
+    mlp = build_scorer("mlp", 3, hidden=5, numeric_bins=4, train_inputs=inputs)
+    assert mlp(inputs).shape == (400,)
+    with pytest.raises(ValueError, match="training inputs"):
+        build_scorer("mlp", 3, numeric_bins=4)
+    with pytest.raises(ValueError, match="bins"):
+        PiecewiseLinearBins(inputs, bins=0)
 
 
 def test_tie_at_zero_counts_as_negative_prediction_in_every_rate() -> None:
