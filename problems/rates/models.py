@@ -124,7 +124,7 @@ def build_scorer(
         width = num_features
         if numeric_bins > 0:
             if train_inputs is None:
-                raise ValueError("numeric_bins > 0 needs the training inputs")
+                raise ValueError(f"numeric_bins={numeric_bins} needs the training inputs (train_inputs=None)")
             encoding = PiecewiseLinearBins(train_inputs, numeric_bins)
             layers.append(encoding)
             width = encoding.num_outputs

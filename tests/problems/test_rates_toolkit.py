@@ -143,8 +143,12 @@ def test_piecewise_linear_bins_encode_numerical_columns_and_the_spike() -> None:
     assert mlp(inputs).shape == (400,)
     with pytest.raises(ValueError, match="training inputs"):
         build_scorer("mlp", 3, numeric_bins=4)
-    with pytest.raises(ValueError, match="bins"):
+    with pytest.raises(ValueError, match="bins must be >= 1, got 0"):
         PiecewiseLinearBins(inputs, bins=0)
+    with pytest.raises(ValueError, match=r"train_inputs must be a non-empty \(n, d\) matrix, got \(400,\)"):
+        PiecewiseLinearBins(smooth, bins=4)
+    with pytest.raises(ValueError, match=r"got \(0, 3\)"):
+        PiecewiseLinearBins(inputs[:0], bins=4)
 
 
 def test_tie_at_zero_counts_as_negative_prediction_in_every_rate() -> None:
