@@ -15,6 +15,18 @@ Method = Literal["constrained", "penalized", "magnitude"]
 #: fine-tuning): the gated MLP under-fits at 1e-3 in 30 epochs; LeNet's density control degrades at 1e-2.
 DEFAULT_WEIGHT_LR = {"mlp": 1e-2, "lenet": 3e-3, "tiny": 1e-3}
 
+#: Fine-tuning of the weights, per network, for every method: Adam's learning rate and its schedule over
+#: the fine-tuning epochs. The MLP starts at 3e-3 (not its training rate 1e-2: a fresh Adam at 1e-2 kicks
+#: the gated network out of its minimum, test accuracy drops 1-2 points in the first fine-tuning epoch)
+#: and decays it to 0 along a cosine, so every method ships a converged network, not a random draw of
+#: noisy 1e-2 steps. LeNet and the tiny MLP keep their training rate, constant (as before).
+DEFAULT_FINETUNE_LR = {"mlp": 3e-3, "lenet": 3e-3, "tiny": 1e-3}
+DEFAULT_FINETUNE_SCHEDULE: dict[str, Literal["constant", "cosine"]] = {
+    "mlp": "cosine",
+    "lenet": "constant",
+    "tiny": "constant",
+}
+
 
 class SparsityConfig(TrainConfig):
     """A training run of the sparsity problem (``python -m problems.sparsity train``).
@@ -24,6 +36,16 @@ class SparsityConfig(TrainConfig):
     weights (``DEFAULT_WEIGHT_LR`` per network) and on log α (2e-2, no momentum: β₁ = 0, so the gates
     stop as soon as the multiplier restarts), then 10 epochs of fine-tuning with the gates frozen at
     their test-time values (the same 40-epoch budget as magnitude pruning's 30 + 10).
+
+    Fine-tuning (every method: the gated ones and magnitude pruning alike) uses Adam at
+    ``DEFAULT_FINETUNE_LR`` with ``DEFAULT_FINETUNE_SCHEDULE``. For the MLP that is 3e-3 decayed to 0
+    along a cosine instead of the training rate 1e-2 held constant: the gated methods start fine-tuning
+    with a fresh Adam, whose first steps at 1e-2 threw the trained network out of its minimum (train
+    loss 0.007 -> 0.035, test accuracy -1 to -2 points in the first fine-tuning epoch), and 10 noisy
+    epochs at 1e-2 then shipped whatever epoch the run happened to stop at (±1 point from one epoch to
+    the next). With the decay the constrained MLP gains about 0.5-1.3 points at densities 0.5-0.7;
+    magnitude pruning, whose dense network has already converged, is unchanged within 0.1 point.
+    LeNet keeps its previous fine-tuning (3e-3, constant).
     """
 
     model: Literal["mlp", "lenet", "tiny"] = Field(default="mlp", description="network")
@@ -61,6 +83,17 @@ class SparsityConfig(TrainConfig):
         default=None,
         gt=0,
         description="Adam learning rate of the weights (default: 1e-2 for mlp, 3e-3 for lenet, 1e-3 for tiny)",
+    )
+    finetune_lr: float | None = Field(
+        default=None,
+        gt=0,
+        description="Adam learning rate of the weights during fine-tuning, every method "
+        "(default: 3e-3 for mlp and lenet, 1e-3 for tiny)",
+    )
+    finetune_schedule: Literal["constant", "cosine"] | None = Field(
+        default=None,
+        description="weight learning rate over the fine-tuning epochs, every method: constant, or cosine "
+        "decay to 0 (default: cosine for mlp, constant for lenet and tiny)",
     )
     gate_lr: float = Field(default=2e-2, gt=0, description="Adam learning rate of log alpha")
     gate_beta1: float = Field(default=0.0, ge=0, lt=1, description="Adam beta1 of log alpha")
@@ -120,9 +153,18 @@ class SparsityConfig(TrainConfig):
             raise ValueError(f"target_density: one value without --layerwise, got {self.target_density}")
         if self.lr is None:
             self.lr = DEFAULT_WEIGHT_LR[self.model]
+        if self.finetune_lr is None:
+            self.finetune_lr = DEFAULT_FINETUNE_LR[self.model]
+        if self.finetune_schedule is None:
+            self.finetune_schedule = DEFAULT_FINETUNE_SCHEDULE[self.model]
         return self
 
     @property
     def weight_lr(self) -> float:
         """The learning rate of the weights (``lr``, resolved per model when not given)."""
         return self.lr if self.lr is not None else DEFAULT_WEIGHT_LR[self.model]
+
+    @property
+    def weight_finetune_lr(self) -> float:
+        """The learning rate of the weights while fine-tuning (``finetune_lr``, resolved per model)."""
+        return self.finetune_lr if self.finetune_lr is not None else DEFAULT_FINETUNE_LR[self.model]

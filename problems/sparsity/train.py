@@ -398,6 +398,8 @@ def train_epoch(
     batches = epoch_batches(config, epoch, len(data.x_train))
     for index in range(position.batch, len(batches)):
         batch = batches[index]
+        if epoch >= config.epochs and config.finetune_schedule == "cosine":
+            set_weight_lr(run, finetune_lr_at(config, epoch - config.epochs, index, len(batches)))
         if len(batch) >= session.world:  # a last batch smaller than the number of processes is dropped
             local = session.shard(batch)
             roll_out = run.optimizer.roll({"inputs": data.x_train[local], "labels": data.y_train[local]})
@@ -427,6 +429,19 @@ def train_epoch(
     checkpoint(run, session, position, out)
 
 
+def finetune_lr_at(config: SparsityConfig, epoch: int, batch: int, batches: int) -> float:
+    """The cosine-decayed weight learning rate of fine-tuning step ``(epoch, batch)`` (epochs counted from 0)."""
+    progress_ = (epoch * batches + batch) / max(1, config.finetune_epochs * batches)
+    return config.weight_finetune_lr * 0.5 * (1.0 + math.cos(math.pi * progress_))
+
+
+def set_weight_lr(run: Run, lr: float) -> None:
+    """Set the learning rate of every parameter group of the (fine-tuning) primal optimizers."""
+    for optimizer in run.optimizer.primal_optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+
 def checkpoint(run: Run, session: Session, position: Position, out: Path) -> None:
     """Write the run's checkpoint (rank 0), keeping the previous one."""
     position.flush()
@@ -435,8 +450,10 @@ def checkpoint(run: Run, session: Session, position: Position, out: Path) -> Non
 
 
 def prune_by_magnitude(run: Run) -> None:
+    """Prune to the target by magnitude; fine-tuning continues the same Adam at ``finetune_lr``."""
     run.masks = magnitude_masks(run.model, run.config.target_density, run.config.layerwise)
     apply_masks(run)
+    set_weight_lr(run, run.config.weight_finetune_lr)
 
 
 def gates(model: nn.Module) -> list[HardConcreteGate]:
@@ -460,7 +477,7 @@ def start_finetuning(run: Run, session: Session) -> None:
     freeze_gates(run.model)
     run.forward = wrap_forward(run.config, run.model, session)
     weights = [p for p in run.model.parameters() if p.requires_grad]
-    adam = torch.optim.Adam(weights, lr=run.config.weight_lr)
+    adam = torch.optim.Adam(weights, lr=run.config.weight_finetune_lr)
     plain = CrossEntropy(run.forward)
     skipped = run.optimizer.skipped_steps
     run.optimizer = cooper.optim.UnconstrainedOptimizer(

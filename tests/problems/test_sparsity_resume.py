@@ -83,14 +83,16 @@ def test_a_crash_mid_epoch_resumes_exactly(tmp_path: Path) -> None:
     assert_same_model(tmp_path / "reference", tmp_path / "run")
 
 
-def test_a_crash_while_fine_tuning_resumes_exactly(tmp_path: Path) -> None:
-    reference = train(tiny(tmp_path / "reference", epochs=2, finetune_epochs=2))
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_crash_while_fine_tuning_resumes_exactly(tmp_path: Path, schedule: str) -> None:
+    phases = {"epochs": 2, "finetune_epochs": 2, "finetune_schedule": schedule}
+    reference = train(tiny(tmp_path / "reference", **phases))
     with pytest.raises(SimulatedCrashError):
-        config = tiny(tmp_path / "run", epochs=2, finetune_epochs=2, checkpoint_every=4)
+        config = tiny(tmp_path / "run", checkpoint_every=4, **phases)
         train(config, on_step=crash_at(3 * STEPS_PER_EPOCH + 6))
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert state["phase"] == "finetune" and (state["epoch"], state["batch"]) == (3, 4)
-    resumed = train(tiny(tmp_path / "run", epochs=2, finetune_epochs=2, resume=tmp_path / "run"))
+    resumed = train(tiny(tmp_path / "run", resume=tmp_path / "run", **phases))
     assert comparable(resumed) == comparable(reference)
     assert_same_model(tmp_path / "reference", tmp_path / "run")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -16,7 +17,7 @@ from problems.sparsity.config import SparsityConfig
 from problems.sparsity.models import tiny_mlp
 from problems.sparsity.problem import ControlledSparsity, density_targets
 from problems.sparsity.sweep import RunSpec, bisect_lambda, next_lambda
-from problems.sparsity.train import magnitude_masks, train
+from problems.sparsity.train import Run, finetune_lr_at, magnitude_masks, train
 
 
 def tiny(tmp_path: Path, **overrides) -> SparsityConfig:
@@ -112,6 +113,50 @@ def test_fine_tuning_trains_the_weights_under_frozen_test_time_gates(tmp_path: P
     assert (
         metrics["epochs"] == 22 and metrics["test_accuracy_before_finetune"] == history[19]["test_accuracy"]
     )
+
+
+def test_fine_tuning_defaults_per_model() -> None:
+    mlp, lenet = SparsityConfig(model="mlp"), SparsityConfig(model="lenet")
+    assert (mlp.weight_lr, mlp.weight_finetune_lr, mlp.finetune_schedule) == (1e-2, 3e-3, "cosine")
+    assert (lenet.weight_lr, lenet.weight_finetune_lr, lenet.finetune_schedule) == (3e-3, 3e-3, "constant")
+    explicit = SparsityConfig(model="mlp", finetune_lr=1e-3, finetune_schedule="constant")
+    assert (explicit.weight_finetune_lr, explicit.finetune_schedule) == (1e-3, "constant")
+
+
+def test_cosine_schedule_decays_from_the_fine_tuning_rate_to_zero() -> None:
+    config = SparsityConfig(model="mlp", finetune_epochs=4)
+    rates = [finetune_lr_at(config, epoch, batch, 10) for epoch in range(4) for batch in range(10)]
+    assert rates[0] == 3e-3 and rates[-1] < 1e-5
+    assert all(later < earlier for earlier, later in itertools.pairwise(rates))
+    assert math.isclose(finetune_lr_at(config, 2, 0, 10), 1.5e-3)
+
+
+@pytest.mark.parametrize("method", ["constrained", "penalized", "magnitude"])
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_every_method_fine_tunes_at_the_fine_tuning_rate(tmp_path: Path, method: str, schedule: str) -> None:
+    steps_per_epoch = 12  # 1,438 digits in batches of 128
+    config = tiny(
+        tmp_path,
+        method=method,
+        epochs=2,
+        finetune_epochs=2,
+        lr=1e-2,
+        finetune_lr=2e-3,
+        finetune_schedule=schedule,
+    )
+    weight_rates: list[float] = []
+
+    def record(run: Run, step: int) -> None:
+        # the weights are the first parameter group (the gates, if any, the second)
+        weight_rates.append(run.optimizer.primal_optimizers[0].param_groups[0]["lr"])
+
+    train(config, on_step=record)
+    training, tuning = weight_rates[: 2 * steps_per_epoch], weight_rates[2 * steps_per_epoch :]
+    assert set(training) == {1e-2} and len(tuning) == 2 * steps_per_epoch
+    if schedule == "constant":
+        assert set(tuning) == {2e-3}
+    else:
+        assert tuning[0] == 2e-3 and all(b < a for a, b in itertools.pairwise(tuning)) and tuning[-1] < 1e-4
 
 
 def test_magnitude_masks_keep_the_largest_weights() -> None:
