@@ -121,6 +121,12 @@ def test_fine_tuning_defaults_per_model() -> None:
     assert (lenet.weight_lr, lenet.weight_finetune_lr, lenet.finetune_schedule) == (3e-3, 3e-3, "constant")
     explicit = SparsityConfig(model="mlp", finetune_lr=1e-3, finetune_schedule="constant")
     assert (explicit.weight_finetune_lr, explicit.finetune_schedule) == (1e-3, "constant")
+    magnitude = SparsityConfig(
+        model="mlp", method="magnitude"
+    )  # its own protocol: the training rate, constant
+    assert (magnitude.weight_finetune_lr, magnitude.finetune_schedule) == (1e-2, "constant")
+    tuned = SparsityConfig(model="mlp", method="magnitude", finetune_lr=3e-3, finetune_schedule="cosine")
+    assert (tuned.weight_finetune_lr, tuned.finetune_schedule) == (3e-3, "cosine")
 
 
 def test_cosine_schedule_decays_from_the_fine_tuning_rate_to_zero() -> None:
