@@ -5,14 +5,12 @@ and the rules that grow them while a constraint stays violated.
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import torch
 
 from cooper_like.constraint_state import ConstraintState, ConstraintType
-
-if TYPE_CHECKING:
-    from cooper_like.constraints import Constraint
 
 
 class PenaltyCoefficient(abc.ABC):
@@ -110,6 +108,29 @@ def validated_penalty_value(owner: str, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
+class UsesMultiplier(Protocol):
+    """The part of a formulation an updater reads."""
+
+    @property
+    def expects_multiplier(self) -> bool: ...
+
+
+class PenalizedConstraint(Protocol):
+    """What an updater reads from a constraint: a :class:`~cooper_like.Constraint` has all of it.
+
+    (A structural type, so that this module does not import the constraints, which import it.)
+    """
+
+    @property
+    def constraint_type(self) -> ConstraintType: ...
+
+    @property
+    def formulation(self) -> UsesMultiplier: ...
+
+    @property
+    def penalty_coefficient(self) -> PenaltyCoefficient | None: ...
+
+
 class PenaltyCoefficientUpdater(abc.ABC):
     """Updates the penalty coefficients of the observed constraints after a dual step.
 
@@ -117,7 +138,7 @@ class PenaltyCoefficientUpdater(abc.ABC):
     (``penalty_coefficient_updater=...``) so that ``roll()`` applies it.
     """
 
-    def step(self, observed_constraints: dict[Constraint, ConstraintState]) -> None:
+    def step(self, observed_constraints: Mapping[Any, ConstraintState]) -> None:
         """Update the coefficient of every observed constraint that has one.
 
         A constraint with a multiplier is updated when its measurement contributes to the dual update
@@ -137,7 +158,9 @@ class PenaltyCoefficientUpdater(abc.ABC):
                 self.update_penalty_coefficient_(constraint, state)
 
     @abc.abstractmethod
-    def update_penalty_coefficient_(self, constraint: Constraint, constraint_state: ConstraintState) -> None:
+    def update_penalty_coefficient_(
+        self, constraint: PenalizedConstraint, constraint_state: ConstraintState
+    ) -> None:
         """Update ``constraint.penalty_coefficient`` in place from one measurement."""
 
 
@@ -163,7 +186,9 @@ class FeasibilityDrivenPenaltyCoefficientUpdater(PenaltyCoefficientUpdater):
         """Return the coefficient after one growth step."""
 
     @torch.no_grad()
-    def update_penalty_coefficient_(self, constraint: Constraint, constraint_state: ConstraintState) -> None:
+    def update_penalty_coefficient_(
+        self, constraint: PenalizedConstraint, constraint_state: ConstraintState
+    ) -> None:
         coefficient = constraint.penalty_coefficient
         assert coefficient is not None
         _, strict_violation = constraint_state.extract_violations()
