@@ -8,7 +8,7 @@ import torch
 
 from cooper_like.optim.constrained_optimizer import ConstrainedOptimizer
 from cooper_like.optim.cooper_optimizer import RollOut
-from cooper_like.problem import CMPState, ConstrainedMinimizationProblem
+from cooper_like.problem import CMPState, ConstrainedMinimizationProblem, LagrangianStore
 
 
 def overrides_compute_violations(cmp: ConstrainedMinimizationProblem) -> bool:
@@ -50,13 +50,22 @@ class AlternatingPrimalDualOptimizer(ConstrainedOptimizer):
 
         with torch.no_grad():
             new_state = self.measure_violations(compute_cmp_state_kwargs, compute_violations_kwargs)
-        dual_store = new_state.compute_dual_lagrangian()
-        if self.guard.admits(new_state, None, dual_store, already_applied="primal step"):
-            dual_store.backward()
-            self.dual_step()
-            self.update_penalty_coefficients(new_state.observed_constraints)
+        dual_store = self.dual_update_at(new_state, already_applied="primal step")
         loss = new_state.loss if new_state.loss is not None else cmp_state.loss
         return RollOut(loss, new_state, primal_store, dual_store)
+
+    def dual_update_at(self, cmp_state: CMPState, already_applied: str) -> LagrangianStore:
+        """The dual half-step from a measurement taken after the primal half-step (``already_applied``).
+
+        Builds the dual Lagrangian, and unless the NaN/Inf guard stops it, steps the multipliers and the
+        attached penalty-coefficient updaters. Returns the dual store.
+        """
+        dual_store = cmp_state.compute_dual_lagrangian()
+        if self.guard.admits(cmp_state, None, dual_store, already_applied=already_applied):
+            dual_store.backward()
+            self.dual_step()
+            self.update_penalty_coefficients(cmp_state.observed_constraints)
+        return dual_store
 
     def measure_violations(
         self,

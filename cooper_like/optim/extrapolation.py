@@ -62,8 +62,7 @@ class ExtrapolationConstrainedOptimizer(ConstrainedOptimizer):
         """Extrapolation half-step, then the update; returns the measurement at :math:`(\\theta_t, \\lambda_t)`."""
         self.zero_grad()
         cmp_state = self.evaluate(compute_cmp_state_kwargs)
-        primal_store = cmp_state.compute_primal_lagrangian()
-        dual_store = cmp_state.compute_dual_lagrangian()
+        primal_store, dual_store = cmp_state.compute_lagrangians()
         roll_out = RollOut(cmp_state.loss, cmp_state, primal_store, dual_store)
         if not self.guard.admits(cmp_state, primal_store, dual_store):
             return roll_out
@@ -74,8 +73,7 @@ class ExtrapolationConstrainedOptimizer(ConstrainedOptimizer):
 
         self.zero_grad()
         extrapolated_state = self.evaluate(compute_cmp_state_kwargs)
-        extrapolated_primal = extrapolated_state.compute_primal_lagrangian()
-        extrapolated_dual = extrapolated_state.compute_dual_lagrangian()
+        extrapolated_primal, extrapolated_dual = extrapolated_state.compute_lagrangians()
         try:
             admitted = self.guard.admits(extrapolated_state, extrapolated_primal, extrapolated_dual)
         except NonFiniteError:  # "raise": leave (θ_t, λ_t) as they were, as the error says

@@ -90,11 +90,7 @@ class LookaheadProximalOptimizer(cooper.optim.AlternatingPrimalDualOptimizer):
             candidate = [tensor.detach().clone() for tensor in thresholded]
             proximal.apply_proximal_map()
             lookahead = self.measure_violations(compute_cmp_state_kwargs, compute_violations_kwargs)
-        dual_store = lookahead.compute_dual_lagrangian()
-        if self.guard.admits(lookahead, None, dual_store, already_applied="gradient step"):
-            dual_store.backward()
-            self.dual_step()
-            self.update_penalty_coefficients(lookahead.observed_constraints)
+        dual_store = self.dual_update_at(lookahead, already_applied="gradient step")
         with torch.no_grad():
             for tensor, value in zip(thresholded, candidate):
                 tensor.copy_(value)
