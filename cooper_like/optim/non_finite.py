@@ -93,11 +93,7 @@ def finite_total(value: torch.Tensor) -> torch.Tensor:
 
 def all_finite(values: list[torch.Tensor]) -> bool:
     """Whether every entry of every tensor is finite (one host read per tensor)."""
-    for value in values:
-        total = value if value.dim() == 0 else finite_total(value)
-        if not math.isfinite(total.item()):
-            return False
-    return True
+    return all(math.isfinite(finite_total(value).item()) for value in values)
 
 
 class NonFiniteGuard:

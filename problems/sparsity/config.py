@@ -170,7 +170,7 @@ class SparsityConfig(TrainConfig):
 
     @property
     def weight_finetune_lr(self) -> float:
-        """The learning rate of the weights while fine-tuning (``finetune_lr``, resolved per model and method)."""
-        if self.finetune_lr is not None:
-            return self.finetune_lr
-        return self.weight_lr if self.method == "magnitude" else DEFAULT_FINETUNE_LR[self.model]
+        """The learning rate of the weights while fine-tuning (``finetune_lr``, resolved per model and method
+        by the validator above: the one place that holds that rule)."""
+        assert self.finetune_lr is not None, "resolved when the config is validated"
+        return self.finetune_lr
