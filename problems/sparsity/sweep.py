@@ -5,6 +5,8 @@ checkpoint resumes from it, so a sweep can be stopped and restarted (or left run
 background across sessions) without losing work. The penalized baseline is calibrated by a λ search
 per target (bisection, then regula falsi; one seed, model-wise): the number of full training runs it
 needs to land within ±1 point of the target is the *cost of control* that one constrained run replaces.
+The other seeds then run at the λ the search settled on, so that the baseline's accuracy is a mean over
+the same seeds as the other methods' (and its densities show how far a calibrated λ carries to a new seed).
 """
 
 from __future__ import annotations
@@ -161,32 +163,30 @@ def summarize(
     results: dict[RunSpec, dict[str, Any]],
     bisections: dict[tuple[str, float], list[tuple[float, dict[str, Any]]]],
 ) -> str:
-    """A markdown table: control (test-time vs target), accuracy against the baselines, cost of control."""
+    """Two markdown tables: control and accuracy against the baselines (with the cost of control), then
+    the paired accuracy differences (same seed, same data split)."""
     lines = [
         "| model | constraint | target | test-time density (mean, per seed) | max abs dev (pts) | within ±1 pt | "
-        "expected density | acc constrained | acc penalized (λ, runs) | acc magnitude |",
+        "expected density | acc constrained | acc penalized (λ, runs; density per seed) | acc magnitude |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = sorted({(s.model, s.layerwise, s.target) for s in results if s.method == "constrained"})
     for model, layerwise, target in keys:
-        runs = [
-            m
-            for s, m in results.items()
-            if (s.model, s.layerwise, s.target, s.method) == (model, layerwise, target, "constrained")
-        ]
-        magnitude = [
-            m
-            for s, m in results.items()
-            if (s.model, s.layerwise, s.target, s.method) == (model, layerwise, target, "magnitude")
-        ]
+        runs = list(by_seed(results, model, layerwise, target, "constrained").values())
+        magnitude = list(by_seed(results, model, layerwise, target, "magnitude").values())
         deviations = [worst_deviation(m, target, layerwise) for m in runs]
         densities = [m["test_time_density"] for m in runs]
         penalized = "—"
         if not layerwise and (model, target) in bisections:
             tried = bisections[(model, target)]
-            lmbda, best = tried[-1]
-            landed = abs(best["test_time_density"] - target) <= TOLERANCE
-            penalized = f"{100 * best['test_accuracy']:.2f} (λ={lmbda:.3g}, {len(tried)} runs{'' if landed else ', not landed'})"
+            lmbda = tried[-1][0]
+            seeds = penalized_by_seed(results, bisections, model, target)
+            landed = abs(tried[-1][1]["test_time_density"] - target) <= TOLERANCE
+            seed_densities = ", ".join(f"{m['test_time_density']:.3f}" for m in seeds.values())
+            penalized = (
+                f"{100 * statistics.mean(m['test_accuracy'] for m in seeds.values()):.2f} "
+                f"(λ={lmbda:.3g}, {len(tried)} runs{'' if landed else ', not landed'}; {seed_densities})"
+            )
         magnitude_cell = (
             f"{100 * statistics.mean(m['test_accuracy'] for m in magnitude):.2f}" if magnitude else "—"
         )
@@ -196,6 +196,66 @@ def summarize(
             f"{100 * max(deviations):.2f} | {'yes' if max(deviations) <= TOLERANCE else 'NO'} | "
             f"{statistics.mean(m['expected_density'] for m in runs):.4f} | "
             f"{100 * statistics.mean(m['test_accuracy'] for m in runs):.2f} | {penalized} | {magnitude_cell} |"
+        )
+    return "\n".join(lines) + "\n\n" + paired_differences(results, bisections)
+
+
+def by_seed(
+    results: dict[RunSpec, dict[str, Any]], model: str, layerwise: bool, target: float, method: str
+) -> dict[int, dict[str, Any]]:
+    """The metrics of one cell of the grid, by seed (sorted)."""
+    cell = {
+        spec.seed: metrics
+        for spec, metrics in results.items()
+        if (spec.model, spec.layerwise, spec.target, spec.method) == (model, layerwise, target, method)
+    }
+    return dict(sorted(cell.items()))
+
+
+def penalized_by_seed(
+    results: dict[RunSpec, dict[str, Any]],
+    bisections: dict[tuple[str, float], list[tuple[float, dict[str, Any]]]],
+    model: str,
+    target: float,
+) -> dict[int, dict[str, Any]]:
+    """The penalized baseline at the λ its search settled on: seed 0's last search run, and the
+    other seeds' runs at that λ."""
+    lmbda, last = bisections[(model, target)][-1]
+    others = {
+        spec.seed: metrics
+        for spec, metrics in results.items()
+        if (spec.model, spec.target, spec.method, spec.layerwise) == (model, target, "penalized", False)
+        and spec.seed != 0
+        and spec.lmbda == round(lmbda, 8)
+    }
+    return dict(sorted({0: last, **others}.items()))
+
+
+def paired_differences(
+    results: dict[RunSpec, dict[str, Any]],
+    bisections: dict[tuple[str, float], list[tuple[float, dict[str, Any]]]],
+) -> str:
+    """Constrained minus each baseline, in accuracy points, seed by seed and on average (shared seeds only)."""
+    lines = [
+        "| model | constraint | target | constrained − magnitude, per seed (pts) | mean | "
+        "constrained − penalized, per seed (pts) | mean |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(s.model, s.layerwise, s.target) for s in results if s.method == "constrained"})
+    for model, layerwise, target in keys:
+        constrained = by_seed(results, model, layerwise, target, "constrained")
+        baselines = [by_seed(results, model, layerwise, target, "magnitude")]
+        has_penalized = not layerwise and (model, target) in bisections
+        baselines.append(penalized_by_seed(results, bisections, model, target) if has_penalized else {})
+        cells = []
+        for baseline in baselines:
+            shared = [seed for seed in constrained if seed in baseline]
+            gaps = [100 * (constrained[s]["test_accuracy"] - baseline[s]["test_accuracy"]) for s in shared]
+            cells += (
+                [", ".join(f"{g:+.1f}" for g in gaps), f"{statistics.mean(gaps):+.2f}"] if gaps else ["", ""]
+            )
+        lines.append(
+            f"| {model} | {'layer-wise' if layerwise else 'model-wise'} | {target:g} | {' | '.join(cells)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -234,6 +294,13 @@ def sweep(
     if bisect and "penalized" in methods:
         keys = [(model, target) for model in models for target in targets]
         bisections = dict(zip(keys, map_jobs(bisect_lambda, keys, root, epochs, jobs)))
+        calibrated = [
+            RunSpec(model, target, "penalized", seed, lmbda=round(tried[-1][0], 8))
+            for (model, target), tried in bisections.items()
+            for seed in seeds
+            if seed != 0
+        ]
+        results.update(run_all(calibrated, root, epochs, jobs))
     table = summarize(results, bisections)
     atomic_write_text(root / "table.md", table)
     return table
@@ -247,9 +314,12 @@ def report(root: Path) -> str:
         metrics = json.loads(path.read_text())
         config = metrics["config"]
         model, target, method = config["model"], float(config["target_density"][0]), config["method"]
-        if method == "penalized":
+        if method == "penalized" and config["seed"] == 0:  # the λ search
             entry = (path.stat().st_mtime, float(config["lmbda"]), metrics)
             penalized.setdefault((model, target), []).append(entry)
+        elif method == "penalized":  # another seed at the λ the search settled on
+            spec = RunSpec(model, target, method, config["seed"], lmbda=round(float(config["lmbda"]), 8))
+            results[spec] = metrics
         else:
             results[RunSpec(model, target, method, config["seed"], config["layerwise"])] = metrics
     bisections = {

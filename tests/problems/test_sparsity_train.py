@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -278,3 +279,47 @@ def test_lambda_search_stops_within_one_point(monkeypatch: pytest.MonkeyPatch, t
     tried = bisect_lambda("mlp", 0.3, tmp_path, None, low=1e-3, high=1e5)
     assert abs(tried[-1][1]["test_time_density"] - 0.3) <= 0.01
     assert len(tried) <= 4 and round(tried[0][1]["test_time_density"], 3) == 0.5
+
+
+def fake_metrics(accuracy: float, density: float) -> dict[str, Any]:
+    return {
+        "test_accuracy": accuracy,
+        "test_time_density": density,
+        "expected_density": density - 0.05,
+        "per_layer_density": {"fc1": density},
+    }
+
+
+def test_sweep_table_pairs_seeds_and_averages_the_penalized_seeds() -> None:
+    results = {
+        RunSpec("mlp", 0.3, "constrained", 0): fake_metrics(0.955, 0.299),
+        RunSpec("mlp", 0.3, "constrained", 1): fake_metrics(0.950, 0.298),
+        RunSpec("mlp", 0.3, "magnitude", 0): fake_metrics(0.950, 0.3),
+        RunSpec("mlp", 0.3, "magnitude", 1): fake_metrics(0.952, 0.3),
+        RunSpec("mlp", 0.3, "penalized", 1, lmbda=1.5): fake_metrics(0.940, 0.33),
+        RunSpec("mlp", 0.3, "penalized", 1, lmbda=9.0): fake_metrics(0.100, 0.01),  # another λ: ignored
+    }
+    bisections = {("mlp", 0.3): [(3.0, fake_metrics(0.9, 0.2)), (1.5, fake_metrics(0.945, 0.305))]}
+    table = sweep_module.summarize(results, bisections)
+    main_row, paired_row = [line for line in table.splitlines() if line.startswith("| mlp")]
+    assert "| 95.25 | 94.25 (λ=1.5, 2 runs; 0.305, 0.330) | 95.10 |" in main_row
+    assert "| +0.5, -0.2 | +0.15 | +1.0, +1.0 | +1.00 |" in paired_row
+
+
+def test_sweep_report_reads_the_penalized_seeds_back(tmp_path: Path) -> None:
+    def write(name: str, method: str, seed: int, accuracy: float, lmbda: float | None = None) -> None:
+        config = {"model": "mlp", "target_density": [0.3], "method": method, "seed": seed, "layerwise": False}
+        if lmbda is not None:
+            config["lmbda"] = lmbda
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({**fake_metrics(accuracy, 0.3), "config": config}))
+
+    write("c0", "constrained", 0, 0.95)
+    write("c1", "constrained", 1, 0.96)
+    write("p0", "penalized", 0, 0.94, lmbda=2.0)
+    write("p1", "penalized", 1, 0.92, lmbda=2.0)
+    table = sweep_module.report(tmp_path)
+    assert "| 93.00 (λ=2, 1 runs; 0.300, 0.300) |" in table
+    assert "| +1.0, +4.0 | +2.50 |" in table
+    assert (tmp_path / "table.md").read_text() == table
