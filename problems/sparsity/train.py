@@ -35,6 +35,7 @@ from problems.scaffold.resumable import (
 )
 from problems.scaffold.seeding import rng_state, seed_everything, set_rng_state
 from problems.sparsity.config import SparsityConfig
+from problems.sparsity.gate_start import hold_gates_open, start_gates
 from problems.sparsity.gates import HardConcreteGate
 from problems.sparsity.layers import L0Layer
 from problems.sparsity.models import (
@@ -227,7 +228,10 @@ class Run:
     companions: dict[str, Any]
     masks: dict[str, torch.Tensor] | None = None
     forward: nn.Module | None = None
-    finetuning: bool = False
+    #: ``"warmup"`` (dense, gates held open), ``"train"`` or ``"finetune"`` (gates frozen).
+    phase: str = "train"
+    #: The gated run's optimizer and forward module, set aside while the warm-up trains the dense network.
+    gated: tuple[cooper.optim.CooperOptimizer, nn.Module] | None = None
 
 
 def wrap_forward(config: SparsityConfig, model: nn.Module, session: Session) -> nn.Module:
@@ -242,13 +246,14 @@ def build_run(config: SparsityConfig, num_features: int, session: Session | None
     guard: dict[str, Any] = {"non_finite": config.non_finite, "distributed": config.distributed}
     if config.method == "constrained":
         problem, optimizer, companions = build_constrained(config, model, forward)
-        return Run(config, model, problem, optimizer, companions, forward=forward)
+        return begin_warmup(Run(config, model, problem, optimizer, companions, forward=forward), session)
     if config.method == "penalized":
         penalized = PenalizedL0(forward, config.lmbda)
         optimizer = cooper.optim.UnconstrainedOptimizer(
             cmp=penalized, primal_optimizers=primal_optimizer(config, model, False), **guard
         )
-        return Run(config, model, penalized, optimizer, {"lmbda": config.lmbda}, forward=forward)
+        run = Run(config, model, penalized, optimizer, {"lmbda": config.lmbda}, forward=forward)
+        return begin_warmup(run, session)
     plain = CrossEntropy(forward)
     adam = torch.optim.Adam(model.parameters(), lr=config.weight_lr)
     return Run(
@@ -259,6 +264,44 @@ def build_run(config: SparsityConfig, num_features: int, session: Session | None
         {"finetune_epochs": config.finetune_epochs},
         forward=forward,
     )
+
+
+def begin_warmup(run: Run, session: Session) -> Run:
+    """With ``warmup_epochs``: hold the gates open and train the dense network with Adam on the weights
+    (plain cross-entropy); the gated run's optimizer and forward module wait in ``gated``. The warm-up
+    gets its own forward wrapper, so that DistributedDataParallel sees the gates without gradient."""
+    if not run.config.warmup_epochs:
+        return run
+    assert run.forward is not None
+    run.gated = (run.optimizer, run.forward)
+    hold_gates_open(run.model)
+    run.forward = wrap_forward(run.config, run.model, session)
+    weights = [p for p in run.model.parameters() if p.requires_grad]
+    run.optimizer = cooper.optim.UnconstrainedOptimizer(
+        cmp=CrossEntropy(run.forward),
+        primal_optimizers=torch.optim.Adam(weights, lr=run.config.weight_lr),
+        non_finite=run.config.non_finite,
+        distributed=run.config.distributed,
+    )
+    run.phase = "warmup"
+    return run
+
+
+def end_warmup(run: Run, start: bool = True) -> None:
+    """Start the gates (``gate_init``; with ``start=False`` only their gradient: a resumed run has its
+    log α already) and hand over to the gated run's optimizer (fresh: Adam's state and the multipliers
+    start here)."""
+    assert run.gated is not None, "only a run in its warm-up"
+    config = run.config
+    if start:
+        start_gates(run.model, config.resolved_gate_init, config.target_density, config.layerwise)
+    else:
+        for gate in gates(run.model):
+            gate.log_alpha.requires_grad_(True)
+    skipped = run.optimizer.skipped_steps
+    (run.optimizer, run.forward), run.gated = run.gated, None
+    run.optimizer.guard.skipped_steps = skipped  # one count for the whole run
+    run.phase = "train"
 
 
 def density_report(run: Run) -> dict[str, Any]:
@@ -386,6 +429,8 @@ def train_epoch(
     """Train the rest of ``epoch`` from ``position.batch``; log and checkpoint at its end."""
     config, out = run.config, Path(run.config.out)
     started = time.perf_counter()
+    if run.phase == "warmup" and epoch == config.warmup_epochs and position.batch == 0:
+        end_warmup(run)
     if epoch == config.epochs and position.batch == 0:
         if config.method == "magnitude":
             prune_by_magnitude(run)
@@ -393,7 +438,7 @@ def train_epoch(
             start_finetuning(run, session)
     assert run.forward is not None
     run.forward.train()
-    if run.finetuning:
+    if run.phase != "train":  # warm-up: gates held open; fine-tuning: frozen at ẑ
         freeze_gates(run.model)
     batches = epoch_batches(config, epoch, len(data.x_train))
     for index in range(position.batch, len(batches)):
@@ -487,7 +532,7 @@ def start_finetuning(run: Run, session: Session) -> None:
         distributed=run.config.distributed,
     )
     run.optimizer.guard.skipped_steps = skipped  # one count for the whole run
-    run.finetuning = True
+    run.phase = "finetune"
 
 
 @torch.no_grad()
@@ -565,8 +610,7 @@ def checkpoint_payload(run: Run, position: Position) -> dict[str, Any]:
     }
     if run.masks is not None:
         payload["masks"] = run.masks
-    if run.finetuning:
-        payload["phase"] = "finetune"
+    payload["phase"] = run.phase
     return payload
 
 
@@ -580,7 +624,10 @@ def restore(run: Run, path: Path, session: Session | None = None) -> Position:
     state, source = load_latest_checkpoint(path, set_aside=session.writes)
     run.model.load_state_dict(state["model"])
     run.problem.load_state_dict(state["problem"])
-    if state.get("phase") == "finetune":
+    phase = state.get("phase", "train")
+    if run.phase == "warmup" and phase != "warmup":
+        end_warmup(run, start=False)
+    if phase == "finetune":
         start_finetuning(run, session)
     run.optimizer.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])

@@ -83,6 +83,18 @@ def test_a_crash_mid_epoch_resumes_exactly(tmp_path: Path) -> None:
     assert_same_model(tmp_path / "reference", tmp_path / "run")
 
 
+def test_a_crash_in_the_dense_warm_up_resumes_exactly(tmp_path: Path) -> None:
+    phases = {"epochs": 3, "warmup_epochs": 2}
+    reference = train(tiny(tmp_path / "reference", **phases))
+    with pytest.raises(SimulatedCrashError):
+        train(tiny(tmp_path / "run", checkpoint_every=4, **phases), on_step=crash_at(STEPS_PER_EPOCH + 6))
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["phase"] == "warmup" and (state["epoch"], state["batch"]) == (1, 4)
+    resumed = train(tiny(tmp_path / "run", resume=tmp_path / "run", **phases))
+    assert comparable(resumed) == comparable(reference)
+    assert_same_model(tmp_path / "reference", tmp_path / "run")
+
+
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
 def test_a_crash_while_fine_tuning_resumes_exactly(tmp_path: Path, schedule: str) -> None:
     phases = {"epochs": 2, "finetune_epochs": 2, "finetune_schedule": schedule}

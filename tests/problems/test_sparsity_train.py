@@ -70,9 +70,12 @@ def test_layerwise_run_holds_every_layer(tmp_path: Path) -> None:
 
 
 def test_resume_continues_exactly(tmp_path: Path) -> None:
-    full = train(tiny(tmp_path / "a", epochs=6, out=tmp_path / "a"))
-    train(tiny(tmp_path / "b", epochs=3, out=tmp_path / "b"))
-    resumed = train(tiny(tmp_path / "b", epochs=6, out=tmp_path / "b2", resume=tmp_path / "b"))
+    # the warm-up is explicit: its default (a third of ``epochs``) would differ between the two configs
+    full = train(tiny(tmp_path / "a", epochs=6, warmup_epochs=2, out=tmp_path / "a"))
+    train(tiny(tmp_path / "b", epochs=3, warmup_epochs=2, out=tmp_path / "b"))
+    resumed = train(
+        tiny(tmp_path / "b", epochs=6, warmup_epochs=2, out=tmp_path / "b2", resume=tmp_path / "b")
+    )
     assert resumed["test_time_density"] == full["test_time_density"]
     first, second = (
         load_checkpoint(tmp_path / "a" / "checkpoint.pt"),
@@ -97,7 +100,7 @@ def test_fine_tuning_trains_the_weights_under_frozen_test_time_gates(tmp_path: P
         if step in (20 * 12, 22 * 12):  # the ends of the main phase and of the fine-tuning
             snapshots[str(step)] = {k: v.clone() for k, v in run.model.state_dict().items()}
 
-    metrics = train(tiny(tmp_path, epochs=20, finetune_epochs=2), on_step=record)
+    metrics = train(tiny(tmp_path, epochs=20, finetune_epochs=2, warmup_epochs=0), on_step=record)
     before, after = snapshots["240"], snapshots["264"]
     gates = [key for key in before if key.endswith("log_alpha")]
     weights = [key for key in before if key.endswith("weight")]
