@@ -39,11 +39,15 @@ DEFAULT_FINETUNE_SCHEDULE: dict[str, Literal["constant", "cosine"]] = {
 class SparsityConfig(TrainConfig):
     """A training run of the sparsity problem (``python -m problems.sparsity train``).
 
-    The defaults are the recommended setting, the same for every target: simultaneous GDA on the
-    Lagrangian with dual restarts, the multiplier driven by the test-time density, Adam on the
-    weights (``DEFAULT_WEIGHT_LR`` per network) and on log α (2e-2, no momentum: β₁ = 0, so the gates
-    stop as soon as the multiplier restarts), then 10 epochs of fine-tuning with the gates frozen at
-    their test-time values (the same 40-epoch budget as magnitude pruning's 30 + 10).
+    The defaults are the recommended setting, the same for every target: a dense warm-up of a third of
+    the training epochs (gates held open, no constraint), then the gates start from the warm-up's
+    weight magnitudes with the target fraction active (``problems.sparsity.gate_start``); simultaneous
+    GDA on the Lagrangian with dual restarts, the multiplier driven by the test-time density, Adam on
+    the weights (``DEFAULT_WEIGHT_LR`` per network) and on log α (2e-2, no momentum: β₁ = 0, so the
+    gates stop as soon as the multiplier restarts), then 10 epochs of fine-tuning with the gates frozen
+    at their test-time values (the same 40-epoch budget as magnitude pruning's 30 + 10). The penalized
+    baseline is Louizos et al.'s method as published: no warm-up, gates from ``droprate_init``
+    (``--warmup-epochs`` applies to it too when asked).
 
     Fine-tuning of the gated methods (constrained and penalized) uses a fresh Adam at
     ``DEFAULT_FINETUNE_LR`` with ``DEFAULT_FINETUNE_SCHEDULE``. For the MLP that is 3e-3 decayed to 0

@@ -10,6 +10,7 @@ import torch
 
 from problems.sparsity.config import SparsityConfig
 from problems.sparsity.gate_start import (
+    MAGNITUDE_GAP,
     MAGNITUDE_RAMP,
     OPEN_LOG_ALPHA,
     hold_gates_open,
@@ -25,9 +26,11 @@ THRESHOLD = -math.log(11.0)
 
 def test_margins_by_hand() -> None:
     # ranks 3 > 2 > 1 > 0.5; covered before each: 0, 0.25, 0.5, 0.75; after: 0.25, 0.5, 0.75, 1
-    margins = magnitude_margins(torch.tensor([3.0, 1.0, 2.0, 0.5]), torch.ones(4), 0.5, ramp=6.0)
-    expected = [6.0 * 0.5 / 0.5, -6.0 * 0.25 / 0.5, 6.0 * 0.25 / 0.5, -6.0 * 0.5 / 0.5]
+    margins = magnitude_margins(torch.tensor([3.0, 1.0, 2.0, 0.5]), torch.ones(4), 0.5, ramp=6.0, gap=1.0)
+    expected = [1 + 6.0 * 0.5 / 0.5, -1 - 6.0 * 0.25 / 0.5, 1 + 6.0 * 0.25 / 0.5, -1 - 6.0 * 0.5 / 0.5]
     assert margins.tolist() == pytest.approx(expected)
+    no_gap = magnitude_margins(torch.tensor([3.0, 1.0, 2.0, 0.5]), torch.ones(4), 0.5, ramp=6.0, gap=0.0)
+    assert no_gap.tolist() == pytest.approx([6.0, -3.0, 3.0, -6.0])
 
 
 def test_margins_count_the_entries_of_structured_gates() -> None:
@@ -43,6 +46,7 @@ def test_margins_count_the_entries_of_structured_gates() -> None:
         ({"target": 0.0}, "target must lie in"),
         ({"target": 1.5}, "target must lie in"),
         ({"ramp": 0.0}, "ramp must be > 0"),
+        ({"gap": -1.0}, "gap must be >= 0"),
         ({"entries": torch.ones(3)}, "1-d of one length"),
     ],
 )
@@ -73,7 +77,7 @@ def test_magnitude_start_ships_magnitude_pruning_mask_model_wise(target: float) 
     for layer in layers:
         assert torch.equal(layer.gate.active_mask(), layer.weight.detach().abs() >= threshold)
         assert layer.gate.log_alpha.requires_grad
-        assert float(layer.gate.log_alpha.detach().max()) <= THRESHOLD + MAGNITUDE_RAMP + 1e-5
+        assert float(layer.gate.log_alpha.detach().max()) <= THRESHOLD + MAGNITUDE_GAP + MAGNITUDE_RAMP + 1e-5
     assert test_time_density(model) == pytest.approx(keep / magnitudes.numel())
 
 
