@@ -195,6 +195,13 @@ def _split(x: torch.Tensor, y: torch.Tensor, test_fraction: float, seed: int) ->
     return DataSplit(x[train_t], y[train_t], x[test_t], y[test_t])
 
 
+def validation_split(data: DataSplit, fraction: float = 0.2, seed: int = 1) -> DataSplit:
+    """The training part of ``data`` split again, stratified: train on the rest, evaluate on the held-out
+    ``fraction`` (MNIST-5k: 3,200 / 800). The test part is dropped, so that settings can be chosen
+    without looking at it."""
+    return _split(data.x_train, data.y_train, fraction, seed)
+
+
 def mnist5k_split(seed: int = 0, path: str | os.PathLike[str] | None = None) -> DataSplit:
     """The fixed 4,000/1,000 train/test split of MNIST-5k, 400/100 digits per class.
 

@@ -68,6 +68,11 @@ class SparsityConfig(TrainConfig):
         default=[0.3], description="target density, or one per layer (comma-separated) with --layerwise"
     )
     layerwise: bool = Field(default=False, description="one density constraint per layer")
+    validation: bool = Field(
+        default=False,
+        description="train on 80%% of the training digits and report the test_* metrics on the other 20%% "
+        "(for choosing settings without the test set)",
+    )
     granularity: Literal["weight", "neuron"] = Field(
         default="weight", description="gate per weight or per neuron/channel"
     )

@@ -24,7 +24,7 @@ from torch import nn
 import cooper_like as cooper
 from cooper_like.reporting import metrics_row
 from problems.scaffold.checkpoints import atomic_write_text
-from problems.scaffold.datasets import DataSplit, load_digits_split, mnist5k_split
+from problems.scaffold.datasets import DataSplit, load_digits_split, mnist5k_split, validation_split
 from problems.scaffold.ddp import Session, start_session
 from problems.scaffold.metrics_log import MetricsLogger
 from problems.scaffold.progress import progress
@@ -57,8 +57,10 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def load_data(config: SparsityConfig) -> DataSplit:
-    """MNIST-5k (4,000 / 1,000, stratified) or scikit-learn's digits."""
-    return mnist5k_split() if config.dataset == "mnist5k" else load_digits_split()
+    """MNIST-5k (4,000 / 1,000, stratified) or scikit-learn's digits; with ``validation``, 20% of the
+    training part takes the place of the test part (:func:`validation_split`)."""
+    data = mnist5k_split() if config.dataset == "mnist5k" else load_digits_split()
+    return validation_split(data) if config.validation else data
 
 
 def build_model(config: SparsityConfig, num_features: int, gated: bool = True) -> nn.Module:
@@ -579,6 +581,7 @@ def final_metrics(run: Run, data: DataSplit, epochs: int, wall_time: float) -> d
     return {
         "test_accuracy": accuracy(run.model, data.x_test, data.y_test),
         "train_accuracy": accuracy(run.model, data.x_train, data.y_train),
+        "evaluated_on": "validation" if config.validation else "test",
         **densities,
         "test_time_density_definition": "fraction of Linear/Conv weight entries whose Louizos test-time gate is > 0 "
         "(log alpha > -ln 11); biases excluded",

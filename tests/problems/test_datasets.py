@@ -20,6 +20,7 @@ from problems.scaffold.datasets import (
     load_mnist5k,
     mnist5k_split,
     stratified_split,
+    validation_split,
 )
 
 
@@ -69,6 +70,16 @@ def test_mnist5k_split_is_stratified_and_deterministic() -> None:
     train_idx, test_idx = stratified_split(load_mnist5k()[1])
     assert len(np.intersect1d(train_idx, test_idx)) == 0 and len(train_idx) + len(test_idx) == len(x)
     torch.testing.assert_close(x[torch.from_numpy(test_idx)], split.x_test)
+
+
+def test_validation_split_holds_out_a_fifth_of_the_training_digits() -> None:
+    split = mnist5k_split()
+    held = validation_split(split)
+    assert (len(held.y_train), len(held.y_test)) == (3200, 800)
+    assert torch.bincount(held.y_test).tolist() == [80] * 10  # stratified: 80 per class
+    rows = {tuple(row.tolist()) for row in split.x_train[:, ::7]}
+    assert all(tuple(row.tolist()) in rows for row in held.x_test[:50, ::7])  # drawn from training digits
+    assert torch.equal(validation_split(split).y_test, held.y_test)  # deterministic
 
 
 def test_stratified_split_on_hand_labels() -> None:

@@ -145,6 +145,12 @@ def test_the_warm_up_trains_the_dense_network_then_the_gates_start_on_target(tmp
     assert abs(metrics["test_time_density"] - 0.3) <= 0.02 and metrics["test_accuracy"] >= 0.8
 
 
+def test_a_validation_run_evaluates_on_held_out_training_digits(tmp_path: Path) -> None:
+    metrics = train(tiny(tmp_path, epochs=2, validation=True))
+    assert metrics["evaluated_on"] == "validation"
+    assert train(tiny(tmp_path / "test", epochs=2))["evaluated_on"] == "test"
+
+
 def test_warm_up_defaults_and_bad_settings() -> None:
     assert (SparsityConfig().warmup_epochs, SparsityConfig().gate_init) == (10, "magnitude")
     assert SparsityConfig(epochs=7).warmup_epochs == 2
