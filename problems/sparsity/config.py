@@ -24,9 +24,9 @@ DEFAULT_WEIGHT_LR = {"mlp": 1e-2, "lenet": 3e-3, "tiny": 1e-3}
 DEFAULT_FINETUNE_LR = {"mlp": 3e-3, "lenet": 3e-3, "tiny": 1e-3}
 #: Dense epochs before the gates of the constrained method start, as a fraction of ``epochs`` (rounded
 #: down: 10 of the default 30): the gates then start from the trained weights' magnitudes
-#: (``gate_init="magnitude"``). Gates trained from the first
-#: step (Louizos et al.; ``--warmup-epochs 0 --gate-init droprate``) ship layer-wise models 0.5-1.3 points
-#: less accurate than magnitude pruning (validation split, 6 seeds; docs/benchmarks.md).
+#: (``gate_init="magnitude"``). Gates trained from the first step (Louizos et al.; ``--warmup-epochs 0
+#: --gate-init droprate``) shipped layer-wise models 0.5-1.3 points less accurate than magnitude
+#: pruning (validation split, 6 seeds; ``benchmarks/results/sparsity_warm_start.md``).
 DEFAULT_WARMUP_FRACTION = 1 / 3
 
 DEFAULT_FINETUNE_SCHEDULE: dict[str, Literal["constant", "cosine"]] = {

@@ -135,14 +135,15 @@ class L0Layer(nn.Module):
         return self._expand(self.gate.active_mask()).expand_as(self.weight)
 
     def gate_magnitudes(self) -> torch.Tensor:
-        """The magnitude behind each gate, shaped like the gates: :math:`|w|` for per-weight gates, the L2
-        norm of the weight entries a structured gate multiplies (no gradient)."""
+        """The magnitude behind each gate, shaped like the gates: :math:`|w|` for per-weight gates, the
+        root mean square of the weight entries a structured gate multiplies (a per-entry scale, so that
+        gates of layers with different fan-outs compare; no gradient)."""
         squares = self.weight.detach().pow(2)
         broadcast = [
             axis for axis, size in enumerate(self._gate_view) if size == 1 and self.weight.shape[axis] != 1
         ]
         if broadcast:
-            squares = squares.sum(dim=broadcast, keepdim=True)
+            squares = squares.mean(dim=broadcast, keepdim=True)
         return squares.sqrt().reshape(self.gate.shape)
 
     def expected_density(self) -> torch.Tensor:

@@ -91,15 +91,16 @@ def test_magnitude_start_layer_wise_puts_every_layer_on_its_target() -> None:
         )
 
 
-def test_structured_gates_rank_by_the_norm_of_what_they_multiply() -> None:
+def test_structured_gates_rank_by_the_root_mean_square_of_what_they_multiply() -> None:
     linear = L0Linear(3, 2, granularity="neuron")
     conv = L0Conv2d(1, 3, 2, granularity="neuron")
     with torch.no_grad():
         linear.weight.copy_(torch.tensor([[3.0, 0.0, 1.0], [4.0, 1.0, 1.0]]))
         conv.weight.copy_(torch.arange(12.0).reshape(3, 1, 2, 2))
-    assert linear.gate_magnitudes().tolist() == pytest.approx([5.0, 1.0, math.sqrt(2.0)])
-    norms = [math.sqrt(sum(v * v for v in range(4 * c, 4 * c + 4))) for c in range(3)]
-    assert conv.gate_magnitudes().tolist() == pytest.approx(norms)
+    root_mean_squares = [5.0 / math.sqrt(2.0), 1.0 / math.sqrt(2.0), 1.0]
+    assert linear.gate_magnitudes().tolist() == pytest.approx(root_mean_squares)
+    filters = [math.sqrt(sum(v * v for v in range(4 * c, 4 * c + 4)) / 4) for c in range(3)]
+    assert conv.gate_magnitudes().tolist() == pytest.approx(filters)
     model = torch.nn.Sequential(linear)
     start_gates(model, "magnitude", [0.3], layerwise=False)  # the strongest input neuron: 2 of 6 entries
     assert linear.gate.active_mask().tolist() == [True, False, False]
@@ -165,3 +166,11 @@ def test_warm_up_defaults_and_bad_settings() -> None:
         SparsityConfig(method="penalized", gate_init="magnitude")
     with pytest.raises(ValueError, match="warmup_epochs"):
         SparsityConfig(warmup_epochs=-1)
+
+
+def test_a_neuron_gated_run_keeps_every_layer_after_the_magnitude_start(tmp_path: Path) -> None:
+    # ranked by their norm, the gates of a layer with a small fan-out (the output layer's 10 weights
+    # per input) all fell below the others' and the whole layer was cut: a constant network
+    metrics = train(tiny(tmp_path, granularity="neuron", epochs=12, warmup_epochs=4, target_density=[0.3]))
+    assert all(density > 0 for density in metrics["per_layer_density"].values()), metrics["per_layer_density"]
+    assert abs(metrics["test_time_density"] - 0.3) <= 0.02 and metrics["test_accuracy"] >= 0.5
