@@ -22,12 +22,12 @@ DEFAULT_WEIGHT_LR = {"mlp": 1e-2, "lenet": 3e-3, "tiny": 1e-3}
 #: random draw of noisy 1e-2 steps. LeNet and the tiny MLP keep their training rate, constant (as before).
 #: Magnitude pruning keeps its own protocol (see ``SparsityConfig``).
 DEFAULT_FINETUNE_LR = {"mlp": 3e-3, "lenet": 3e-3, "tiny": 1e-3}
-#: Dense epochs before the gates of the constrained method start, as a fraction of ``epochs`` (rounded
-#: down: 10 of the default 30): the gates then start from the trained weights' magnitudes
+#: Dense epochs before the gates of the constrained method start: ``epochs // DEFAULT_WARMUP_DIVISOR``
+#: (a third: 10 of the default 30): the gates then start from the trained weights' magnitudes
 #: (``gate_init="magnitude"``). Gates trained from the first step (Louizos et al.; ``--warmup-epochs 0
 #: --gate-init droprate``) shipped layer-wise models 0.5-1.3 points less accurate than magnitude
 #: pruning (validation split, 6 seeds; ``benchmarks/results/sparsity_warm_start.md``).
-DEFAULT_WARMUP_FRACTION = 1 / 3
+DEFAULT_WARMUP_DIVISOR = 3
 
 DEFAULT_FINETUNE_SCHEDULE: dict[str, Literal["constant", "cosine"]] = {
     "mlp": "cosine",
@@ -195,7 +195,7 @@ class SparsityConfig(TrainConfig):
     def _resolve_gate_start(self) -> None:
         constrained = self.method == "constrained"
         if self.warmup_epochs is None:
-            self.warmup_epochs = int(self.epochs * DEFAULT_WARMUP_FRACTION) if constrained else 0
+            self.warmup_epochs = self.epochs // DEFAULT_WARMUP_DIVISOR if constrained else 0
         if self.gate_init is None:
             self.gate_init = "magnitude" if constrained else "droprate"
         if self.method == "magnitude" and self.warmup_epochs:

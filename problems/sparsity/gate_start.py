@@ -118,7 +118,10 @@ def start_scope(layers: Sequence[L0Layer], target: float) -> None:
     """The magnitude start of the gates of ``layers``, ranked together against one ``target``."""
     scores = torch.cat([layer.gate_magnitudes().flatten() for layer in layers])
     entries = torch.cat(
-        [torch.full((layer.gate.num_gates,), float(layer.entries_per_gate)) for layer in layers]
+        [
+            torch.full((layer.gate.num_gates,), float(layer.entries_per_gate), device=scores.device)
+            for layer in layers
+        ]
     )
     margins = magnitude_margins(scores.to(torch.float64), entries, target)
     start = 0
