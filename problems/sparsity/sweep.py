@@ -170,8 +170,7 @@ def summarize(
         "expected density | acc constrained | acc penalized (λ, runs; density per seed) | acc magnitude |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    keys = sorted({(s.model, s.layerwise, s.target) for s in results if s.method == "constrained"})
-    for model, layerwise, target in keys:
+    for model, layerwise, target in constrained_cells(results):
         runs = list(by_seed(results, model, layerwise, target, "constrained").values())
         magnitude = list(by_seed(results, model, layerwise, target, "magnitude").values())
         deviations = [worst_deviation(m, target, layerwise) for m in runs]
@@ -198,6 +197,11 @@ def summarize(
             f"{100 * statistics.mean(m['test_accuracy'] for m in runs):.2f} | {penalized} | {magnitude_cell} |"
         )
     return "\n".join(lines) + "\n\n" + paired_differences(results, bisections)
+
+
+def constrained_cells(results: dict[RunSpec, dict[str, Any]]) -> list[tuple[str, bool, float]]:
+    """The (model, layer-wise, target) cells of the grid that have constrained runs, sorted."""
+    return sorted({(s.model, s.layerwise, s.target) for s in results if s.method == "constrained"})
 
 
 def by_seed(
@@ -241,8 +245,7 @@ def paired_differences(
         "constrained − penalized, per seed (pts) | mean |",
         "|---|---|---|---|---|---|---|",
     ]
-    keys = sorted({(s.model, s.layerwise, s.target) for s in results if s.method == "constrained"})
-    for model, layerwise, target in keys:
+    for model, layerwise, target in constrained_cells(results):
         constrained = by_seed(results, model, layerwise, target, "constrained")
         baselines = [by_seed(results, model, layerwise, target, "magnitude")]
         has_penalized = not layerwise and (model, target) in bisections
