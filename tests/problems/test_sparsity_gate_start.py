@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from problems.scaffold.datasets import load_digits_split, validation_split
 from problems.sparsity.config import SparsityConfig
 from problems.sparsity.gate_start import (
     MAGNITUDE_GAP,
@@ -19,7 +20,8 @@ from problems.sparsity.gate_start import (
 )
 from problems.sparsity.layers import L0Conv2d, L0Linear
 from problems.sparsity.models import gated_layers, test_time_density, tiny_mlp
-from problems.sparsity.train import train
+from problems.sparsity.train import load_data, train
+from tests.problems.test_sparsity_train import tiny
 
 THRESHOLD = -math.log(11.0)
 
@@ -120,18 +122,6 @@ def test_droprate_start_is_the_louizos_initialisation() -> None:
         start_gates(model, "random", [0.5], layerwise=False)
 
 
-def tiny(tmp_path: Path, **overrides) -> SparsityConfig:
-    values = {
-        "model": "tiny",
-        "dataset": "digits",
-        "finetune_epochs": 0,
-        "epochs": 6,
-        "out": tmp_path,
-        **overrides,
-    }
-    return SparsityConfig(**values)
-
-
 def test_the_warm_up_trains_the_dense_network_then_the_gates_start_on_target(tmp_path: Path) -> None:
     seen: dict[int, tuple[str, float]] = {}
 
@@ -147,7 +137,11 @@ def test_the_warm_up_trains_the_dense_network_then_the_gates_start_on_target(tmp
 
 
 def test_a_validation_run_evaluates_on_held_out_training_digits(tmp_path: Path) -> None:
-    metrics = train(tiny(tmp_path, epochs=2, validation=True))
+    config = tiny(tmp_path, epochs=2, validation=True)
+    held_out, digits = load_data(config), load_digits_split()
+    assert torch.equal(held_out.x_test, validation_split(digits).x_test)
+    assert len(held_out.y_train) + len(held_out.y_test) == len(digits.y_train)  # the test digits unseen
+    metrics = train(config)
     assert metrics["evaluated_on"] == "validation"
     assert train(tiny(tmp_path / "test", epochs=2))["evaluated_on"] == "test"
 
