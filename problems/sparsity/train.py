@@ -291,8 +291,8 @@ def begin_warmup(run: Run, session: Session) -> Run:
 
 def end_warmup(run: Run, start: bool = True) -> None:
     """Start the gates (``gate_init``; with ``start=False`` only their gradient: a resumed run has its
-    log α already) and hand over to the gated run's optimizer (fresh: Adam's state and the multipliers
-    start here)."""
+    log α already) and hand over to the gated run's optimizer (the gates' Adam state and the multipliers
+    start here; the weights' Adam too, unless ``continue_adam``)."""
     assert run.gated is not None, "only a run in its warm-up"
     config = run.config
     if start:
@@ -301,7 +301,10 @@ def end_warmup(run: Run, start: bool = True) -> None:
         for gate in gates(run.model):
             gate.log_alpha.requires_grad_(True)
     skipped = run.optimizer.skipped_steps
+    warmup_optimizer = run.optimizer
     (run.optimizer, run.forward), run.gated = run.gated, None
+    if config.continue_adam:
+        carry_weight_moments(warmup_optimizer, run.optimizer)
     run.optimizer.guard.skipped_steps = skipped  # one count for the whole run
     run.phase = "train"
 
@@ -514,12 +517,43 @@ def freeze_gates(model: nn.Module) -> None:
         gate.log_alpha.requires_grad_(False)
 
 
+def carry_adam_moments(source: torch.optim.Optimizer, target: torch.optim.Optimizer) -> int:
+    r"""Give ``target`` (Adam or ExtraAdam) the step count and moment estimates :math:`m, v` that ``source``
+    holds for each of ``target``'s parameters; return how many parameters it carried.
+
+    So the weights' Adam continues across a change of phase instead of restarting: a fresh Adam's first
+    step moves every weight by the full learning rate (:math:`\hat m / \sqrt{\hat v} = \pm 1` at step 1).
+    """
+    carried = 0
+    for group in target.param_groups:
+        for param in group["params"]:
+            state = source.state.get(param, {})
+            if "exp_avg" not in state or "exp_avg_sq" not in state:
+                continue
+            steps = float(state["step"])
+            target.state[param] = {
+                # torch's Adam counts steps in a tensor, ExtraAdam in an int
+                "step": torch.tensor(steps) if isinstance(target, torch.optim.Adam) else int(steps),
+                "exp_avg": state["exp_avg"].detach().clone(),
+                "exp_avg_sq": state["exp_avg_sq"].detach().clone(),
+            }
+            carried += 1
+    return carried
+
+
+def carry_weight_moments(source: cooper.optim.CooperOptimizer, target: cooper.optim.CooperOptimizer) -> None:
+    """:func:`carry_adam_moments` from every primal optimizer of ``source`` to every one of ``target``."""
+    for old in source.primal_optimizers:
+        for new in target.primal_optimizers:
+            carry_adam_moments(old, new)
+
+
 def start_finetuning(run: Run, session: Session) -> None:
     """Fine-tune the network that ships: gates frozen at ẑ (the density no longer moves), weights trained.
 
     The problem (and its multipliers) is kept for the logs and checkpoints; the optimizer becomes Adam
-    on the weights alone. The forward wrapper is rebuilt so that DistributedDataParallel sees the
-    frozen gates.
+    on the weights alone (fresh, or with the training's moments when ``continue_adam``). The forward
+    wrapper is rebuilt so that DistributedDataParallel sees the frozen gates.
     """
     freeze_gates(run.model)
     run.forward = wrap_forward(run.config, run.model, session)
@@ -527,12 +561,15 @@ def start_finetuning(run: Run, session: Session) -> None:
     adam = torch.optim.Adam(weights, lr=run.config.weight_finetune_lr)
     plain = CrossEntropy(run.forward)
     skipped = run.optimizer.skipped_steps
+    training_optimizer = run.optimizer
     run.optimizer = cooper.optim.UnconstrainedOptimizer(
         cmp=plain,
         primal_optimizers=adam,
         non_finite=run.config.non_finite,
         distributed=run.config.distributed,
     )
+    if run.config.continue_adam:
+        carry_weight_moments(training_optimizer, run.optimizer)
     run.optimizer.guard.skipped_steps = skipped  # one count for the whole run
     run.phase = "finetune"
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
+from cooper_like.optim import ExtraAdam
 from problems.scaffold.datasets import load_digits_split, validation_split
 from problems.sparsity.config import SparsityConfig
 from problems.sparsity.gate_start import (
@@ -20,7 +22,7 @@ from problems.sparsity.gate_start import (
 )
 from problems.sparsity.layers import L0Conv2d, L0Linear
 from problems.sparsity.models import gated_layers, test_time_density, tiny_mlp
-from problems.sparsity.train import load_data, train
+from problems.sparsity.train import carry_adam_moments, load_data, train
 from tests.problems.test_sparsity_train import tiny
 
 THRESHOLD = -math.log(11.0)
@@ -168,3 +170,57 @@ def test_a_neuron_gated_run_keeps_every_layer_after_the_magnitude_start(tmp_path
     metrics = train(tiny(tmp_path, granularity="neuron", epochs=12, warmup_epochs=4, target_density=[0.3]))
     assert all(density > 0 for density in metrics["per_layer_density"].values()), metrics["per_layer_density"]
     assert abs(metrics["test_time_density"] - 0.3) <= 0.02 and metrics["test_accuracy"] >= 0.5
+
+
+def adam_step(optimizer: torch.optim.Optimizer, param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    param.grad = grad.clone()
+    optimizer.step()
+    return param.detach().clone()
+
+
+def test_carried_adam_moments_continue_the_source_s_steps() -> None:
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(5))
+    other = torch.nn.Parameter(torch.randn(3))  # no state in the source: left fresh
+    source = torch.optim.Adam([param], lr=0.1)
+    for _ in range(3):
+        adam_step(source, param, torch.randn(5))
+    start, saved, grad = param.detach().clone(), copy.deepcopy(source.state_dict()), torch.randn(5)
+    expected = adam_step(source, param, grad)  # the source's fourth step
+    with torch.no_grad():
+        param.copy_(start)
+    source.load_state_dict(saved)  # back to three steps
+    target = torch.optim.Adam([param, other], lr=0.1)
+    assert carry_adam_moments(source, target) == 1 and other not in target.state
+    torch.testing.assert_close(adam_step(target, param, grad), expected)
+    assert float(target.state[param]["step"]) == 4.0
+    extra = ExtraAdam([param], lr=0.1)
+    assert carry_adam_moments(source, extra) == 1 and extra.state[param]["step"] == 3
+    assert isinstance(extra.state[param]["step"], int)  # ExtraAdam counts in an int, torch's Adam in a tensor
+
+
+@pytest.mark.parametrize("method", ["constrained", "penalized"])
+@pytest.mark.parametrize("continue_adam", [True, False])
+def test_the_weights_adam_runs_on_through_the_phases_or_restarts(
+    tmp_path: Path, method: str, continue_adam: bool
+) -> None:
+    steps: dict[int, tuple[str, float]] = {}
+
+    def record(run, step: int) -> None:
+        weight = next(p for name, p in run.model.named_parameters() if name.endswith("weight"))
+        steps[step] = (run.phase, float(run.optimizer.primal_optimizers[0].state[weight]["step"]))
+
+    config = tiny(
+        tmp_path,
+        method=method,
+        epochs=2,
+        warmup_epochs=1,
+        finetune_epochs=1,
+        target_density=[0.5],
+        continue_adam=continue_adam,
+    )
+    train(config, on_step=record)
+    per_epoch = 12  # 1,438 digits in batches of 128
+    # the first gated step, then the first fine-tuning step: the count goes on, or starts again at 1
+    assert steps[per_epoch + 1] == ("train", per_epoch + 1.0 if continue_adam else 1.0)
+    assert steps[2 * per_epoch + 1] == ("finetune", 2 * per_epoch + 1.0 if continue_adam else 1.0)

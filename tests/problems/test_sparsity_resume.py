@@ -83,8 +83,9 @@ def test_a_crash_mid_epoch_resumes_exactly(tmp_path: Path) -> None:
     assert_same_model(tmp_path / "reference", tmp_path / "run")
 
 
-def test_a_crash_in_the_dense_warm_up_resumes_exactly(tmp_path: Path) -> None:
-    phases = {"epochs": 3, "warmup_epochs": 2}
+@pytest.mark.parametrize("continue_adam", [False, True])
+def test_a_crash_in_the_dense_warm_up_resumes_exactly(tmp_path: Path, continue_adam: bool) -> None:
+    phases = {"epochs": 3, "warmup_epochs": 2, "continue_adam": continue_adam}
     reference = train(tiny(tmp_path / "reference", **phases))
     with pytest.raises(SimulatedCrashError):
         train(tiny(tmp_path / "run", checkpoint_every=4, **phases), on_step=crash_at(STEPS_PER_EPOCH + 6))
@@ -95,9 +96,18 @@ def test_a_crash_in_the_dense_warm_up_resumes_exactly(tmp_path: Path) -> None:
     assert_same_model(tmp_path / "reference", tmp_path / "run")
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_a_crash_while_fine_tuning_resumes_exactly(tmp_path: Path, schedule: str) -> None:
-    phases = {"epochs": 2, "finetune_epochs": 2, "finetune_schedule": schedule}
+@pytest.mark.parametrize(
+    ("schedule", "continue_adam"), [("constant", False), ("cosine", False), ("constant", True)]
+)
+def test_a_crash_while_fine_tuning_resumes_exactly(
+    tmp_path: Path, schedule: str, continue_adam: bool
+) -> None:
+    phases = {
+        "epochs": 2,
+        "finetune_epochs": 2,
+        "finetune_schedule": schedule,
+        "continue_adam": continue_adam,
+    }
     reference = train(tiny(tmp_path / "reference", **phases))
     with pytest.raises(SimulatedCrashError):
         config = tiny(tmp_path / "run", checkpoint_every=4, **phases)

@@ -123,6 +123,7 @@ def test_fine_tuning_defaults_per_model() -> None:
     mlp, lenet = SparsityConfig(model="mlp"), SparsityConfig(model="lenet")
     assert (mlp.weight_lr, mlp.weight_finetune_lr, mlp.finetune_schedule) == (1e-2, 3e-3, "cosine")
     assert (lenet.weight_lr, lenet.weight_finetune_lr, lenet.finetune_schedule) == (3e-3, 3e-3, "constant")
+    assert (mlp.continue_adam, lenet.continue_adam) == (False, True)
     explicit = SparsityConfig(model="mlp", finetune_lr=1e-3, finetune_schedule="constant")
     assert (explicit.weight_finetune_lr, explicit.finetune_schedule) == (1e-3, "constant")
     magnitude = SparsityConfig(
