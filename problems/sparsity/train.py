@@ -531,12 +531,15 @@ def carry_adam_moments(source: torch.optim.Optimizer, target: torch.optim.Optimi
             if "exp_avg" not in state or "exp_avg_sq" not in state:
                 continue
             steps = float(state["step"])
-            target.state[param] = {
+            moments = {
                 # torch's Adam counts steps in a tensor, ExtraAdam in an int
                 "step": torch.tensor(steps) if isinstance(target, torch.optim.Adam) else int(steps),
                 "exp_avg": state["exp_avg"].detach().clone(),
                 "exp_avg_sq": state["exp_avg_sq"].detach().clone(),
             }
+            if group.get("amsgrad"):  # the running maximum of v, or v itself if the source kept none
+                moments["max_exp_avg_sq"] = state.get("max_exp_avg_sq", state["exp_avg_sq"]).detach().clone()
+            target.state[param] = moments
             carried += 1
     return carried
 

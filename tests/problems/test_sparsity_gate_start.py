@@ -178,7 +178,7 @@ def adam_step(optimizer: torch.optim.Optimizer, param: torch.Tensor, grad: torch
     return param.detach().clone()
 
 
-def test_carried_adam_moments_continue_the_source_s_steps() -> None:
+def test_carried_adam_moments_continue_the_sources_steps() -> None:
     torch.manual_seed(0)
     param = torch.nn.Parameter(torch.randn(5))
     other = torch.nn.Parameter(torch.randn(3))  # no state in the source: left fresh
@@ -197,6 +197,11 @@ def test_carried_adam_moments_continue_the_source_s_steps() -> None:
     extra = ExtraAdam([param], lr=0.1)
     assert carry_adam_moments(source, extra) == 1 and extra.state[param]["step"] == 3
     assert isinstance(extra.state[param]["step"], int)  # ExtraAdam counts in an int, torch's Adam in a tensor
+    amsgrad = torch.optim.Adam([param], lr=0.1, amsgrad=True)
+    assert carry_adam_moments(source, amsgrad) == 1
+    torch.testing.assert_close(amsgrad.state[param]["max_exp_avg_sq"], source.state[param]["exp_avg_sq"])
+    adam_step(amsgrad, param, grad)  # steps with the carried state
+    assert float(amsgrad.state[param]["step"]) == 4.0
 
 
 @pytest.mark.parametrize("method", ["constrained", "penalized"])
