@@ -196,7 +196,7 @@ def summarize(
             f"{statistics.mean(m['expected_density'] for m in runs):.4f} | "
             f"{100 * statistics.mean(m['test_accuracy'] for m in runs):.2f} | {penalized} | {magnitude_cell} |"
         )
-    return "\n".join(lines) + "\n\n" + paired_differences(results, bisections)
+    return "\n".join(lines) + "\n\n" + paired_differences(results, bisections) + "\n" + against_dense(results)
 
 
 def constrained_cells(results: dict[RunSpec, dict[str, Any]]) -> list[tuple[str, bool, float]]:
@@ -261,6 +261,68 @@ def paired_differences(
             f"| {model} | {'layer-wise' if layerwise else 'model-wise'} | {target:g} | {' | '.join(cells)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def against_dense(results: dict[RunSpec, dict[str, Any]]) -> str:
+    """Both sparse methods against the dense network of the same seed, and the noise of their gap.
+
+    The dense network is magnitude pruning's before it prunes (``test_accuracy_before_finetune``: the
+    dense phase does not depend on the target). For each model, the paired standard deviation s of
+    constrained − magnitude, pooled over its cells (mean of the variances), gives the standard error s/√n
+    of one cell's mean over n seeds: the scale below which the ordering of the two methods is noise.
+    """
+    lines = [
+        "| model | constraint | target | seeds | dense network | constrained − dense | magnitude − dense | "
+        "constrained − magnitude, mean ± s.e. |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    variances: dict[str, list[float]] = {}
+    seed_counts: dict[str, list[int]] = {}
+    for model, layerwise, target in constrained_cells(results):
+        constrained = by_seed(results, model, layerwise, target, "constrained")
+        magnitude = by_seed(results, model, layerwise, target, "magnitude")
+        dense = dense_accuracy_by_seed(results, model)
+        seeds = [seed for seed in constrained if seed in magnitude and seed in dense]
+        if not seeds:
+            continue
+        gaps = [100 * (constrained[s]["test_accuracy"] - magnitude[s]["test_accuracy"]) for s in seeds]
+        mean_gap, standard_error = mean_and_standard_error(gaps)
+        if len(gaps) > 1:
+            variances.setdefault(model, []).append(statistics.variance(gaps))
+            seed_counts.setdefault(model, []).append(len(gaps))
+        lines.append(
+            f"| {model} | {'layer-wise' if layerwise else 'model-wise'} | {target:g} | {len(seeds)} | "
+            f"{100 * statistics.mean(dense[s] for s in seeds):.2f} | "
+            f"{statistics.mean(100 * (constrained[s]['test_accuracy'] - dense[s]) for s in seeds):+.2f} | "
+            f"{statistics.mean(100 * (magnitude[s]['test_accuracy'] - dense[s]) for s in seeds):+.2f} | "
+            f"{mean_gap:+.2f} ± {standard_error:.2f} |"
+        )
+    if len(lines) == 2:  # no cell has magnitude runs with their dense accuracy
+        return ""
+    for model, model_variances in sorted(variances.items()):
+        spread = math.sqrt(statistics.mean(model_variances))
+        n = min(seed_counts[model])
+        lines.append(
+            f"\n{model}: paired standard deviation of constrained − magnitude {spread:.2f} points (pooled over "
+            f"{len(model_variances)} cells); the mean of one cell over {n} seeds carries ±{spread / math.sqrt(n):.2f}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def dense_accuracy_by_seed(results: dict[RunSpec, dict[str, Any]], model: str) -> dict[int, float]:
+    """The dense network's test accuracy per seed: magnitude pruning's before it prunes (mean over runs)."""
+    accuracies: dict[int, list[float]] = {}
+    for spec, metrics in results.items():
+        if spec.model == model and spec.method == "magnitude" and "test_accuracy_before_finetune" in metrics:
+            accuracies.setdefault(spec.seed, []).append(metrics["test_accuracy_before_finetune"])
+    return {seed: statistics.mean(values) for seed, values in sorted(accuracies.items())}
+
+
+def mean_and_standard_error(values: list[float]) -> tuple[float, float]:
+    """Mean and its standard error s/√n (0 for a single value)."""
+    if len(values) < 2:
+        return statistics.mean(values), 0.0
+    return statistics.mean(values), statistics.stdev(values) / math.sqrt(len(values))
 
 
 def worst_deviation(metrics: dict[str, Any], target: float, layerwise: bool) -> float:

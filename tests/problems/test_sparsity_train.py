@@ -310,6 +310,33 @@ def test_sweep_table_pairs_seeds_and_averages_the_penalized_seeds() -> None:
     assert "| +0.5, -0.2 | +0.15 | +1.0, +1.0 | +1.00 |" in paired_row
 
 
+def test_sweep_table_compares_both_methods_with_the_dense_network_of_each_seed() -> None:
+    def magnitude(accuracy: float, dense: float) -> dict[str, Any]:
+        return {**fake_metrics(accuracy, 0.3), "test_accuracy_before_finetune": dense}
+
+    results = {
+        RunSpec("mlp", 0.3, "constrained", 0): fake_metrics(0.955, 0.3),
+        RunSpec("mlp", 0.3, "constrained", 1): fake_metrics(0.950, 0.3),
+        RunSpec("mlp", 0.3, "magnitude", 0): magnitude(0.950, 0.960),
+        RunSpec("mlp", 0.3, "magnitude", 1): magnitude(0.952, 0.940),
+        RunSpec("mlp", 0.5, "constrained", 0): fake_metrics(0.950, 0.5),
+        RunSpec("mlp", 0.5, "constrained", 1): fake_metrics(0.960, 0.5),
+        RunSpec("mlp", 0.5, "magnitude", 0): magnitude(0.950, 0.960),
+        RunSpec("mlp", 0.5, "magnitude", 1): magnitude(0.950, 0.940),
+    }
+    table = sweep_module.against_dense(results)
+    rows = [line for line in table.splitlines() if line.startswith("| mlp")]
+    # dense 95.0 on average; gaps +0.5, -0.2 (mean +0.15, s.d. 0.495, s.e. 0.35) and 0.0, +1.0 (+0.50 ± 0.50)
+    assert rows[0] == "| mlp | model-wise | 0.3 | 2 | 95.00 | +0.25 | +0.10 | +0.15 ± 0.35 |"
+    assert rows[1] == "| mlp | model-wise | 0.5 | 2 | 95.00 | +0.50 | +0.00 | +0.50 ± 0.50 |"
+    # pooled s.d. = sqrt((0.245 + 0.5) / 2) = 0.61; over 2 seeds ±0.43
+    assert (
+        "mlp: paired standard deviation of constrained − magnitude 0.61 points (pooled over 2 cells)" in table
+    )
+    assert "over 2 seeds carries ±0.43." in table
+    assert sweep_module.against_dense({RunSpec("mlp", 0.3, "constrained", 0): fake_metrics(0.9, 0.3)}) == ""
+
+
 def test_sweep_report_reads_the_penalized_seeds_back(tmp_path: Path) -> None:
     def write(name: str, method: str, seed: int, accuracy: float, lmbda: float | None = None) -> None:
         config = {"model": "mlp", "target_density": [0.3], "method": method, "seed": seed, "layerwise": False}
