@@ -241,8 +241,8 @@ def paired_differences(
 ) -> str:
     """Constrained minus each baseline, in accuracy points, seed by seed and on average (shared seeds only)."""
     lines = [
-        "| model | constraint | target | constrained − magnitude, per seed (pts) | mean | "
-        "constrained − penalized, per seed (pts) | mean |",
+        "| model | constraint | target | constrained − magnitude, per seed (pts) | mean ± s.e. | "
+        "constrained − penalized, per seed (pts) | mean ± s.e. |",
         "|---|---|---|---|---|---|---|",
     ]
     for model, layerwise, target in constrained_cells(results):
@@ -254,9 +254,11 @@ def paired_differences(
         for baseline in baselines:
             shared = [seed for seed in constrained if seed in baseline]
             gaps = [100 * (constrained[s]["test_accuracy"] - baseline[s]["test_accuracy"]) for s in shared]
-            cells += (
-                [", ".join(f"{g:+.1f}" for g in gaps), f"{statistics.mean(gaps):+.2f}"] if gaps else ["", ""]
-            )
+            if gaps:
+                mean_gap, standard_error = mean_and_standard_error(gaps)
+                cells += [", ".join(f"{g:+.1f}" for g in gaps), f"{mean_gap:+.2f} ± {standard_error:.2f}"]
+            else:
+                cells += ["", ""]
         lines.append(
             f"| {model} | {'layer-wise' if layerwise else 'model-wise'} | {target:g} | {' | '.join(cells)} |"
         )

@@ -307,7 +307,7 @@ def test_sweep_table_pairs_seeds_and_averages_the_penalized_seeds() -> None:
     table = sweep_module.summarize(results, bisections)
     main_row, paired_row = [line for line in table.splitlines() if line.startswith("| mlp")]
     assert "| 95.25 | 94.25 (λ=1.5, 2 runs; 0.305, 0.330) | 95.10 |" in main_row
-    assert "| +0.5, -0.2 | +0.15 | +1.0, +1.0 | +1.00 |" in paired_row
+    assert "| +0.5, -0.2 | +0.15 ± 0.35 | +1.0, +1.0 | +1.00 ± 0.00 |" in paired_row
 
 
 def test_sweep_table_compares_both_methods_with_the_dense_network_of_each_seed() -> None:
@@ -352,5 +352,5 @@ def test_sweep_report_reads_the_penalized_seeds_back(tmp_path: Path) -> None:
     write("p1", "penalized", 1, 0.92, lmbda=2.0)
     table = sweep_module.report(tmp_path)
     assert "| 93.00 (λ=2, 1 runs; 0.300, 0.300) |" in table
-    assert "| +1.0, +4.0 | +2.50 |" in table
+    assert "| +1.0, +4.0 | +2.50 ± 1.50 |" in table
     assert (tmp_path / "table.md").read_text() == table
