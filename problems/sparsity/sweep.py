@@ -163,8 +163,9 @@ def summarize(
     results: dict[RunSpec, dict[str, Any]],
     bisections: dict[tuple[str, float], list[tuple[float, dict[str, Any]]]],
 ) -> str:
-    """Two markdown tables: control and accuracy against the baselines (with the cost of control), then
-    the paired accuracy differences (same seed, same data split)."""
+    """Three markdown tables: control and accuracy against the baselines (with the cost of control), the
+    paired accuracy differences (same seed, same data split), and both sparse methods against the dense
+    network of the same seed."""
     lines = [
         "| model | constraint | target | test-time density (mean, per seed) | max abs dev (pts) | within ±1 pt | "
         "expected density | acc constrained | acc penalized (λ, runs; density per seed) | acc magnitude |",
@@ -280,10 +281,13 @@ def against_dense(results: dict[RunSpec, dict[str, Any]]) -> str:
     ]
     variances: dict[str, list[float]] = {}
     seed_counts: dict[str, list[int]] = {}
+    dense_by_model = {
+        model: dense_accuracy_by_seed(results, model) for model in {spec.model for spec in results}
+    }
     for model, layerwise, target in constrained_cells(results):
         constrained = by_seed(results, model, layerwise, target, "constrained")
         magnitude = by_seed(results, model, layerwise, target, "magnitude")
-        dense = dense_accuracy_by_seed(results, model)
+        dense = dense_by_model[model]
         seeds = [seed for seed in constrained if seed in magnitude and seed in dense]
         if not seeds:
             continue
