@@ -326,10 +326,11 @@ def test_sweep_table_compares_both_methods_with_the_dense_network_of_each_seed()
     }
     table = sweep_module.against_dense(results)
     rows = [line for line in table.splitlines() if line.startswith("| mlp")]
-    # dense 95.0 on average; gaps +0.5, -0.2 (mean +0.15, s.d. 0.495, s.e. 0.35) and 0.0, +1.0 (+0.50 ± 0.50)
-    assert rows[0] == "| mlp | model-wise | 0.3 | 2 | 95.00 | +0.25 | +0.10 | +0.15 ± 0.35 |"
-    assert rows[1] == "| mlp | model-wise | 0.5 | 2 | 95.00 | +0.50 | +0.00 | +0.50 ± 0.50 |"
-    # pooled s.d. = sqrt((0.245 + 0.5) / 2) = 0.61; over 2 seeds ±0.43
+    # dense 95.0 on average; constrained - dense -0.5, +1.0 and -1.0, +2.0; magnitude - dense -1.0, +1.2 and -1.0, +1.0
+    assert rows[0] == "| mlp | model-wise | 0.3 | 2 | 95.00 | +0.25 | +0.10 |"
+    assert rows[1] == "| mlp | model-wise | 0.5 | 2 | 95.00 | +0.50 | +0.00 |"
+    # gaps +0.5, -0.2 (variance 0.245) and 0.0, +1.0 (variance 0.5): pooled s.d. sqrt((0.245 + 0.5) / 2) = 0.61;
+    # over 2 seeds ±0.43
     assert (
         "mlp: paired standard deviation of constrained − magnitude 0.61 points (pooled over 2 cells)" in table
     )
