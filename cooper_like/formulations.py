@@ -9,7 +9,8 @@ multipliers (violations detached), where :math:`\tilde g` is the strict violatio
 from __future__ import annotations
 
 import abc
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 
@@ -71,6 +72,37 @@ def augmented_lagrangian_term(
 # ---------------------------------------------------------------------------------------------------
 
 
+_DECLARES_VIOLATION_GRADIENT = "_declares_violation_dual_gradient"
+
+DualContribution = TypeVar("DualContribution", bound=Callable[..., Any])
+
+
+def violation_is_dual_gradient(method: DualContribution) -> DualContribution:
+    r"""Declare that a ``compute_contribution_to_dual_lagrangian`` returns :math:`\sum_i \lambda_i \tilde g_i`.
+
+    The library then writes an explicit multiplier's gradient :math:`\tilde g` directly instead of
+    back-propagating the contribution (same result, no autograd graph). Undeclared overrides go through
+    autograd.
+    """
+    setattr(method, _DECLARES_VIOLATION_GRADIENT, True)
+    return method
+
+
+def contribution_kwargs(
+    formulation: Formulation,
+    constraint_state: ConstraintState,
+    multiplier: Multiplier | None,
+    penalty_coefficient: PenaltyCoefficient | None,
+) -> dict[str, Any]:
+    """Keyword arguments of a contribution call: the state, plus what the formulation expects (as Cooper)."""
+    kwargs: dict[str, Any] = {"constraint_state": constraint_state}
+    if formulation.expects_multiplier:
+        kwargs["multiplier"] = multiplier
+    if formulation.expects_penalty_coefficient:
+        kwargs["penalty_coefficient"] = penalty_coefficient
+    return kwargs
+
+
 class ContributionStore(NamedTuple):
     """One constraint's contribution to a Lagrangian, with the factor values that produced it."""
 
@@ -88,10 +120,6 @@ class Formulation(abc.ABC):
 
     expects_multiplier: bool
     expects_penalty_coefficient: bool
-    #: The dual contribution is :math:`\lambda^\top \tilde g`, so an explicit multiplier's dual gradient is
-    #: the strict violation and is written without autograd. Custom formulations with another dual
-    #: contribution set this to ``False`` and go through autograd.
-    dual_gradient_is_violation: bool = True
     #: The primal contribution can be finite while the violation is not (a penalty clips
     #: :math:`[-\infty]_+ = 0`), so the NaN/Inf guard checks the violation itself. Only the plain
     #: Lagrangian, whose :math:`\lambda^\top g` is NaN/Inf whenever :math:`g` is, sets it to ``False``.
@@ -106,6 +134,18 @@ class Formulation(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(constraint_type={self.constraint_type})"
+
+    @property
+    def dual_gradient_is_violation(self) -> bool:
+        r"""Whether this formulation's dual contribution is declared to be :math:`\sum_i \lambda_i \tilde g_i`.
+
+        Then an explicit multiplier's dual gradient is the strict violation :math:`\tilde g` and is written
+        without autograd. The declaration belongs to the method (:func:`violation_is_dual_gradient`): a
+        subclass that overrides :meth:`compute_contribution_to_dual_lagrangian` goes through autograd
+        on what its override returns, unless it declares the same.
+        """
+        method = type(self).compute_contribution_to_dual_lagrangian
+        return bool(getattr(method, _DECLARES_VIOLATION_GRADIENT, False))
 
     def sanity_check_multiplier(self, multiplier: Multiplier | None) -> None:
         """Raise unless a multiplier is given exactly when the formulation uses one."""
@@ -164,15 +204,9 @@ def primal_multiplier_value(multiplier: Multiplier, state: ConstraintState) -> t
 def dual_multiplier_value(
     multiplier: Multiplier, violation: torch.Tensor, features: torch.Tensor | None
 ) -> torch.Tensor:
-    """Multiplier values matching a strict violation (after validating it).
-
-    Explicit multipliers get their dual gradient written directly (see
-    :meth:`~cooper_like.LagrangianStore.backward`), so their values are detached snapshots; implicit
-    multipliers are differentiable.
-    """
+    """Multiplier values matching a strict violation (after validating it), differentiable in the multiplier."""
     if isinstance(multiplier, ExplicitMultiplier):
         multiplier.check_observation(violation, features)
-        return multiplier.detached_value(features)
     return multiplier(features) if multiplier.expects_constraint_features else multiplier()
 
 
@@ -234,6 +268,7 @@ class Lagrangian(Formulation):
         value = primal_multiplier_value(multiplier, constraint_state)
         return ContributionStore(lagrangian_term(value, constraint_state.violation), value, None)
 
+    @violation_is_dual_gradient
     def compute_contribution_to_dual_lagrangian(
         self,
         constraint_state: ConstraintState,
@@ -297,6 +332,7 @@ class AugmentedLagrangian(Formulation):
         term = augmented_lagrangian_term(value, coefficient, constraint_state.violation, self.constraint_type)
         return ContributionStore(term, value, coefficient)
 
+    @violation_is_dual_gradient
     def compute_contribution_to_dual_lagrangian(
         self,
         constraint_state: ConstraintState,

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from cooper_like.constraint_state import ConstraintType
+from cooper_like.exceptions import ArgumentTypeError
 
 
 class Multiplier(torch.nn.Module, abc.ABC):
@@ -72,7 +73,7 @@ class ExplicitMultiplier(Multiplier):
         super().__init__()
         self.weight = torch.nn.Parameter(initial_multiplier_values(num_constraints, init, device, dtype))
         self.restart_on_feasible = restart_on_feasible
-        self._snapshot: tuple[torch.Tensor | None, tuple[int, int], torch.Tensor] | None = None
+        self._observed_rows: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
@@ -103,21 +104,8 @@ class ExplicitMultiplier(Multiplier):
             )
 
     def detached_value(self, constraint_features: torch.Tensor | None = None) -> torch.Tensor:
-        """The observed multiplier values, as a snapshot outside the autograd graph.
-
-        Memoised while ``weight`` is unchanged (same storage, same version counter — every in-place
-        update bumps it) and the features are the same tensor, so the primal and dual Lagrangians of
-        one measurement share one snapshot.
-        """
-        weight = self._parameters["weight"]
-        assert weight is not None
-        key = (weight._version, weight.data_ptr())
-        cached = self._snapshot
-        if cached is not None and cached[0] is constraint_features and cached[1] == key:
-            return cached[2]
-        value = self.snapshot(constraint_features)
-        object.__setattr__(self, "_snapshot", (constraint_features, key, value))  # skip nn.Module.__setattr__
-        return value
+        """The observed multiplier values now, as a new tensor outside the autograd graph (never cached)."""
+        return self.snapshot(constraint_features)
 
     @abc.abstractmethod
     def snapshot(self, constraint_features: torch.Tensor | None) -> torch.Tensor:
@@ -131,23 +119,33 @@ class ExplicitMultiplier(Multiplier):
     def add_dual_gradient_(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
         r"""Accumulate :math:`\partial(\lambda^\top g)/\partial\lambda = g` into ``weight.grad``."""
 
-    @abc.abstractmethod
-    def observed_rows(self) -> torch.Tensor | None:
-        """Rows touched by the current dual gradient (``None`` means every row)."""
+    def clear_observed_(self) -> None:
+        """Forget the observed rows (called when a dual gradient is written onto a cleared gradient)."""
+        self._observed_rows = None
 
-    def post_step_(self) -> None:
+    def note_observed_(self, constraint_features: torch.Tensor | None) -> None:
+        """Record the rows of one dual measurement, before its gradient is written."""
+
+    def observed_rows(self) -> torch.Tensor | None:
+        """Rows with a dual gradient since ``weight.grad`` was last ``None`` (possibly repeated);
+        ``None`` means every row."""
+        return self._observed_rows
+
+    def post_step_(self, observed_rows_only: bool = False) -> None:
         r"""Project inequality multipliers onto :math:`\lambda \ge 0` (in place, in any grad mode).
 
-        Only the observed rows when the gradient is sparse (the optimizer moved no other row); every row
-        when it is dense (a stateful optimizer — momentum, Adam — also moves rows not observed now).
+        Args:
+            observed_rows_only: Project only the observed rows. Correct only when the dual optimizer
+                moved no other row (a sparse gradient and an optimizer that declares so, see
+                :func:`~cooper_like.optim.row_state.moves_only_gradient_rows`); the schemes decide it.
+                By default every row is projected.
         """
         weight = self._parameters["weight"]
         assert weight is not None
-        gradient = weight.grad
-        if gradient is None or self.constraint_type is not ConstraintType.INEQUALITY:
+        if weight.grad is None or self.constraint_type is not ConstraintType.INEQUALITY:
             return
         values = weight.detach()  # writes through to ``weight`` (and bumps its version counter)
-        rows = self.observed_rows() if gradient.is_sparse else None
+        rows = self.observed_rows() if observed_rows_only else None
         if rows is None:
             values.clamp_(min=0)
         else:
@@ -188,9 +186,6 @@ class DenseMultiplier(ExplicitMultiplier):
         previous = weight.grad
         weight.grad = gradient if previous is None else previous + gradient
 
-    def observed_rows(self) -> torch.Tensor | None:
-        return None
-
 
 class IndexedMultiplier(ExplicitMultiplier):
     """One multiplier per constraint id, of which only a few are observed per step.
@@ -219,7 +214,6 @@ class IndexedMultiplier(ExplicitMultiplier):
         super().__init__(num_constraints, init, device, dtype, restart_on_feasible=restart_on_feasible)
         self.weight.data = self.weight.data.unsqueeze(-1)
         self.sparse_grad = sparse_grad
-        self._observed_rows: torch.Tensor | None = None
 
     def _rows(self, constraint_features: torch.Tensor | None) -> torch.Tensor:
         if constraint_features is None:
@@ -227,7 +221,7 @@ class IndexedMultiplier(ExplicitMultiplier):
                 "IndexedMultiplier: constraint_features (the observed constraint ids) are required"
             )
         if constraint_features.dtype not in (torch.int64, torch.int32):
-            raise TypeError(
+            raise ArgumentTypeError(
                 "IndexedMultiplier: constraint_features must be an integer tensor (torch.long), "
                 f"got dtype {constraint_features.dtype}"
             )
@@ -254,13 +248,7 @@ class IndexedMultiplier(ExplicitMultiplier):
                 f"IndexedMultiplier: violation shape {tuple(violation.shape)} does not match "
                 f"constraint_features shape {tuple(constraint_features.shape)}"
             )
-        if rows.numel() > 0 and rows.device.type == "cpu":
-            low, high = torch.aminmax(rows)
-            if int(low) < 0 or int(high) >= self.num_constraints:
-                raise IndexError(
-                    f"IndexedMultiplier: constraint_features must lie in [0, {self.num_constraints}), "
-                    f"got values in [{int(low)}, {int(high)}]"
-                )
+        check_row_bounds(rows, self.num_constraints, "IndexedMultiplier: constraint_features")
 
     def add_dual_gradient_(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
         rows = self._rows(constraint_features)
@@ -272,16 +260,30 @@ class IndexedMultiplier(ExplicitMultiplier):
             )
         else:
             gradient = torch.zeros_like(self.weight).index_add_(0, rows, values)
-        if self.weight.grad is None:
-            self.weight.grad, self._observed_rows = gradient, rows
-        else:
-            self.weight.grad = self.weight.grad + gradient
-            previous = self._observed_rows
-            self._observed_rows = rows if previous is None else torch.cat([previous, rows])
+        self.weight.grad = gradient if self.weight.grad is None else self.weight.grad + gradient
 
-    def observed_rows(self) -> torch.Tensor | None:
-        """The ids observed since the gradient was last cleared (possibly repeated)."""
-        return self._observed_rows
+    def note_observed_(self, constraint_features: torch.Tensor | None) -> None:
+        rows = self._rows(constraint_features)
+        previous = self._observed_rows
+        self._observed_rows = rows if previous is None else torch.cat([previous, rows])
+
+
+def check_row_bounds(rows: torch.Tensor, num_rows: int, what: str) -> None:
+    """Raise ``IndexError`` unless every id lies in ``[0, num_rows)``, on every device.
+
+    On the CPU the check reads the extremes on the host. On an accelerator it is a device-side assertion
+    (``torch._assert_async``), which needs no host synchronisation: an out-of-range id stops the
+    program at the next synchronisation with a device error instead of corrupting memory.
+    """
+    if rows.numel() == 0:
+        return
+    if rows.device.type == "cpu":
+        low, high = torch.aminmax(rows)
+        if int(low) < 0 or int(high) >= num_rows:
+            raise IndexError(f"{what} must lie in [0, {num_rows}), got values in [{int(low)}, {int(high)}]")
+        return
+    in_range = ((rows >= 0) & (rows < num_rows)).all()
+    torch._assert_async(in_range, f"{what} must lie in [0, {num_rows})")
 
 
 class ImplicitMultiplier(Multiplier):

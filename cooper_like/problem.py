@@ -13,61 +13,73 @@ import torch
 
 from cooper_like.constraint_state import ConstraintState
 from cooper_like.constraints import Constraint
-from cooper_like.formulations import lagrangian_term
+from cooper_like.formulations import contribution_kwargs, lagrangian_term
 from cooper_like.multipliers import ExplicitMultiplier, Multiplier
 from cooper_like.penalty_coefficients import PenaltyCoefficient
 
 
-class DualGradient(NamedTuple):
-    r"""A direct dual-gradient term: :math:`\partial \mathcal{L}_d / \partial \lambda = \tilde g` for ``multiplier``."""
+class DirectDualTerm(NamedTuple):
+    r"""A dual term :math:`\lambda^\top \tilde g` of an explicit multiplier whose gradient :math:`\tilde g` is
+    written without autograd (its formulation declares it, see
+    :attr:`~cooper_like.formulations.Formulation.dual_gradient_is_violation`)."""
 
     multiplier: ExplicitMultiplier
+    multiplier_value: torch.Tensor
     violation: torch.Tensor
     constraint_features: torch.Tensor | None
 
 
+class _LagrangianValue:
+    """The ``lagrangian`` field of :class:`LagrangianStore`: reading it folds in the pending direct terms."""
+
+    def __get__(self, store: LagrangianStore | None, owner: type | None = None) -> torch.Tensor | None:
+        if store is None:
+            return None  # the dataclass default
+        return store._value_with_direct_terms()
+
+    def __set__(self, store: LagrangianStore, value: torch.Tensor | None) -> None:
+        store.__dict__["_value"] = value
+        store.__dict__["_direct_terms"] = []
+
+
+@dataclass
 class LagrangianStore:
-    """A primal or dual Lagrangian with the multiplier and penalty values of the observed constraints.
+    r"""A primal or dual Lagrangian with the multiplier and penalty values of the observed constraints.
 
     Args:
         lagrangian: The Lagrangian's value (``None`` when nothing contributes).
         multiplier_values: Observed multiplier values (snapshots taken when the store was built).
         penalty_coefficient_values: Observed penalty coefficients.
 
-    In the dual store, terms :math:`\\lambda^\\top \\tilde g` of explicit multipliers are summed only when
-    :attr:`lagrangian` is read (it is a report; their gradient is written directly by :meth:`backward`).
+    :meth:`backward` back-propagates exactly the value :attr:`lagrangian` holds, including any change
+    made to it. In a dual store built by the library, the terms :math:`\lambda^\top \tilde g` of explicit
+    multipliers stay pending until :attr:`lagrangian` is first read: if it never is, :meth:`backward`
+    writes their gradient :math:`\tilde g` directly (the same gradient, without autograd); once read, they
+    are part of the (differentiable) value and go through autograd with the rest.
     """
 
-    def __init__(
-        self,
-        lagrangian: torch.Tensor | None = None,
-        multiplier_values: dict[Constraint, torch.Tensor] | None = None,
-        penalty_coefficient_values: dict[Constraint, torch.Tensor] | None = None,
-    ) -> None:
-        self._lagrangian = lagrangian
-        self.multiplier_values: dict[Constraint, torch.Tensor] = multiplier_values or {}
-        self.penalty_coefficient_values: dict[Constraint, torch.Tensor] = penalty_coefficient_values or {}
-        self.dual_gradients: list[DualGradient] = []
-        self.autograd_part: torch.Tensor | None = None
-        self._deferred_terms: list[tuple[torch.Tensor, torch.Tensor]] = []
+    lagrangian: torch.Tensor | None = _LagrangianValue()  # type: ignore[assignment]
+    multiplier_values: dict[Constraint, torch.Tensor] = field(default_factory=dict)
+    penalty_coefficient_values: dict[Constraint, torch.Tensor] = field(default_factory=dict)
 
-    @property
-    def lagrangian(self) -> torch.Tensor | None:
-        """The Lagrangian's value."""
-        for multiplier_value, violation in self._deferred_terms:
-            self._lagrangian = accumulate(self._lagrangian, lagrangian_term(multiplier_value, violation))
-        self._deferred_terms.clear()
-        return self._lagrangian
+    def __post_init__(self) -> None:
+        self.__dict__["_observations"] = []  # (explicit multiplier, features) with a dual gradient
 
-    @lagrangian.setter
-    def lagrangian(self, value: torch.Tensor | None) -> None:
-        self._deferred_terms.clear()
-        self._lagrangian = value
+    def _value_with_direct_terms(self) -> torch.Tensor | None:
+        value: torch.Tensor | None = self.__dict__["_value"]
+        for term in self.__dict__["_direct_terms"]:
+            live = multiplier_forward(term.multiplier, term.constraint_features)
+            # The value of the snapshot, the gradient of the live multiplier: d/dλ of λᵀg̃ is g̃.
+            differentiable = term.multiplier_value + (live - live.detach()).reshape(term.multiplier_value.shape)
+            value = accumulate(value, lagrangian_term(differentiable, term.violation))
+        self.__dict__["_value"] = value
+        self.__dict__["_direct_terms"] = []
+        return value
 
     def add_dual_term(
         self, constraint: Constraint, multiplier: ExplicitMultiplier, state: ConstraintState
     ) -> None:
-        r"""Record an explicit multiplier's dual term: gradient :math:`\tilde g`, value :math:`\lambda^\top \tilde g`."""
+        r"""Record an explicit multiplier's pending dual term :math:`\lambda^\top \tilde g` (gradient :math:`\tilde g`)."""
         strict_violation = state.strict_violation
         if strict_violation is None:
             strict_violation = state.violation.detach()
@@ -77,19 +89,39 @@ class LagrangianStore:
         multiplier.check_observation(strict_violation, strict_features)
         snapshot = multiplier.detached_value(strict_features)
         self.multiplier_values[constraint] = snapshot
-        self._deferred_terms.append((snapshot, strict_violation))
-        self.dual_gradients.append(DualGradient(multiplier, strict_violation, strict_features))
+        self.__dict__["_direct_terms"].append(DirectDualTerm(multiplier, snapshot, strict_violation, strict_features))
+        self.__dict__["_observations"].append((multiplier, strict_features))
+
+    def add_contribution(self, term: torch.Tensor) -> None:
+        """Add a differentiable term to the value (without reading the pending direct terms)."""
+        self.__dict__["_value"] = accumulate(self.__dict__["_value"], term)
+
+    def note_observation(self, multiplier: ExplicitMultiplier, features: torch.Tensor | None) -> None:
+        """Record that ``multiplier`` gets a dual gradient at ``features`` through autograd."""
+        self.__dict__["_observations"].append((multiplier, features))
+
+    def differentiable_part(self) -> torch.Tensor | None:
+        """The value without the pending direct terms (what autograd will back-propagate)."""
+        return self.__dict__["_value"]
 
     def backward(self) -> None:
-        """Accumulate the Lagrangian's gradients.
+        """Accumulate the gradients of :attr:`lagrangian` into the parameters (and multipliers).
 
-        Explicit multipliers receive their gradient (the strict violation) directly, without autograd;
-        everything else (the primal parameters, implicit multipliers) goes through ``autograd``.
+        Pending direct terms write their gradient (the strict violation) into their multiplier; the rest
+        of the value goes through ``autograd``. Each explicit multiplier records which rows received a
+        gradient (:meth:`~cooper_like.multipliers.ExplicitMultiplier.observed_rows`).
         """
-        for term in self.dual_gradients:
+        observations = self.__dict__["_observations"]
+        for multiplier, _ in observations:
+            if multiplier.weight.grad is None:
+                multiplier.clear_observed_()
+        for multiplier, features in observations:
+            multiplier.note_observed_(features)
+        for term in self.__dict__["_direct_terms"]:
             term.multiplier.add_dual_gradient_(term.violation, term.constraint_features)
-        if self.autograd_part is not None and self.autograd_part.requires_grad:
-            self.autograd_part.backward()
+        value = self.__dict__["_value"]
+        if value is not None and value.requires_grad:
+            value.backward()
 
     def observed_multiplier_values(self) -> Iterator[torch.Tensor]:
         yield from self.multiplier_values.values()
@@ -102,6 +134,11 @@ class LagrangianStore:
         return f"LagrangianStore(lagrangian={self.lagrangian}, constraints={names})"
 
 
+def multiplier_forward(multiplier: Multiplier, features: torch.Tensor | None) -> torch.Tensor:
+    """The multiplier's differentiable values at ``features`` (no features for a dense multiplier)."""
+    return multiplier(features) if multiplier.expects_constraint_features else multiplier()
+
+
 def accumulate(total: torch.Tensor | None, term: torch.Tensor) -> torch.Tensor:
     """``total + term`` where ``None`` stands for an empty sum."""
     return term if total is None else total + term
@@ -112,7 +149,7 @@ class CMPState:
     """The loss and the observed constraints of a problem at one primal point.
 
     Args:
-        loss: The objective :math:`f(\\theta)` (may be ``None``, e.g. from ``compute_violations``).
+        loss: The objective :math:`f(\theta)` (may be ``None``, e.g. from ``compute_violations``).
         observed_constraints: Measured constraints: ``{constraint: ConstraintState}``.
         misc: Anything else worth keeping (logits, accuracy, ...).
     """
@@ -127,7 +164,7 @@ class CMPState:
         lagrangian = self.loss
         for constraint, state in self.observed_constraints.items():
             lagrangian = add_primal_contribution(store, lagrangian, constraint, state)
-        store.lagrangian = store.autograd_part = lagrangian
+        store.lagrangian = lagrangian
         return store
 
     def compute_dual_lagrangian(self) -> LagrangianStore:
@@ -138,15 +175,9 @@ class CMPState:
         return store
 
     def compute_lagrangians(self) -> tuple[LagrangianStore, LagrangianStore]:
-        """The primal and the dual Lagrangian of this measurement, built in one pass over the constraints."""
-        primal_store, dual_store = LagrangianStore(), LagrangianStore()
-        lagrangian = self.loss
-        for constraint, state in self.observed_constraints.items():
-            lagrangian = add_primal_contribution(primal_store, lagrangian, constraint, state)
-            add_dual_contribution(dual_store, constraint, state)
-        primal_store.lagrangian = primal_store.autograd_part = lagrangian
-        return primal_store, dual_store
-
+        """The primal and the dual Lagrangian of this measurement (what :meth:`compute_primal_lagrangian`
+        and :meth:`compute_dual_lagrangian` return)."""
+        return self.compute_primal_lagrangian(), self.compute_dual_lagrangian()
     def named_observed_violations(self) -> Iterator[tuple[str | None, torch.Tensor]]:
         for constraint, state in self.observed_constraints.items():
             yield constraint.name, state.violation
@@ -169,8 +200,9 @@ def add_primal_contribution(
     store: LagrangianStore, lagrangian: torch.Tensor | None, constraint: Constraint, state: ConstraintState
 ) -> torch.Tensor | None:
     """``lagrangian`` plus the constraint's primal contribution (recorded in ``store``), if it has one."""
-    contribution = constraint.formulation.compute_contribution_to_primal_lagrangian(
-        state, constraint.multiplier, constraint.penalty_coefficient
+    formulation = constraint.formulation
+    contribution = formulation.compute_contribution_to_primal_lagrangian(
+        **contribution_kwargs(formulation, state, constraint.multiplier, constraint.penalty_coefficient)
     )
     if contribution is None:
         return lagrangian
@@ -182,21 +214,26 @@ def add_primal_contribution(
 def add_dual_contribution(store: LagrangianStore, constraint: Constraint, state: ConstraintState) -> None:
     """Add the constraint's dual contribution (if it has one) to ``store``.
 
-    An explicit multiplier whose dual gradient is the strict violation gets a direct dual term
-    (:meth:`LagrangianStore.add_dual_term`); anything else goes through its formulation and autograd.
+    When the formulation declares its dual gradient to be the strict violation
+    (:attr:`~cooper_like.formulations.Formulation.dual_gradient_is_violation`), an explicit multiplier gets a
+    pending direct term (:meth:`LagrangianStore.add_dual_term`); anything else goes through the
+    formulation's own contribution and autograd.
     """
     multiplier = constraint.multiplier
     if multiplier is None or not state.contributes_to_dual_update:
         return
-    if isinstance(multiplier, ExplicitMultiplier) and constraint.formulation.dual_gradient_is_violation:
+    formulation = constraint.formulation
+    if isinstance(multiplier, ExplicitMultiplier) and formulation.dual_gradient_is_violation:
         store.add_dual_term(constraint, multiplier, state)
         return
-    contribution = constraint.compute_contribution_to_dual_lagrangian(state)
+    contribution = formulation.compute_contribution_to_dual_lagrangian(
+        **contribution_kwargs(formulation, state, multiplier, constraint.penalty_coefficient)
+    )
     if contribution is None:
         return
-    term = contribution.lagrangian_contribution
-    store.lagrangian = accumulate(store.lagrangian, term)
-    store.autograd_part = accumulate(store.autograd_part, term)
+    store.add_contribution(contribution.lagrangian_contribution)
+    if isinstance(multiplier, ExplicitMultiplier):
+        store.note_observation(multiplier, state.extract_constraint_features()[1])
     record_values(store, constraint, contribution.multiplier_value, contribution.penalty_coefficient_value)
 
 
@@ -256,6 +293,11 @@ class ConstrainedMinimizationProblem(abc.ABC):
             super().__delattr__(name)
 
     # --- iteration -----------------------------------------------------------------------------------
+
+    def is_registered(self, constraint: Constraint) -> bool:
+        """Whether ``constraint`` is registered on this problem (one dictionary lookup)."""
+        name = constraint.name
+        return name is not None and self._registry().get(name) is constraint
 
     def named_constraints(self) -> Iterator[tuple[str, Constraint]]:
         yield from self._registry().items()

@@ -7,6 +7,7 @@ import torch
 
 import cooper_like as cooper
 from cooper_like.multipliers import DenseMultiplier, ImplicitMultiplier, IndexedMultiplier
+from cooper_like.optim.row_state import moves_only_gradient_rows
 
 
 @pytest.mark.parametrize(
@@ -105,6 +106,7 @@ def test_indexed_gradient_and_projection_touch_observed_rows_only(sparse_grad: b
     with torch.no_grad():
         multiplier.weight.copy_(torch.tensor([[-5.0], [0.1], [0.2], [0.3], [-5.0], [0.5]]))
     rows = torch.tensor([1, 3, 1])
+    multiplier.note_observed_(rows)
     multiplier.add_dual_gradient_(torch.tensor([-1.0, 2.0, -0.5]), rows)
     grad = multiplier.weight.grad
     assert grad is not None and grad.is_sparse == sparse_grad
@@ -112,12 +114,15 @@ def test_indexed_gradient_and_projection_touch_observed_rows_only(sparse_grad: b
     assert torch.equal(grad.to_dense(), expected)
     optimizer = torch.optim.SGD(multiplier.parameters(), lr=1.0, maximize=True)
     optimizer.step()
-    multiplier.post_step_()
-    # rows 0 and 4 were not observed: with a sparse gradient no optimizer moved them and they are left
-    # alone (still negative); with a dense one a stateful optimizer may have, so every row is projected
+    # the schemes project only the observed rows when the gradient is sparse and the optimizer declares
+    # that it moved no other row (plain SGD does); rows 0 and 4 are then left alone (still negative)
+    observed_only = sparse_grad and moves_only_gradient_rows(optimizer, multiplier.weight)
+    multiplier.post_step_(observed_rows_only=observed_only)
     unobserved = -5.0 if sparse_grad else 0.0
     expected_weight = torch.tensor([unobserved, 0.0, 0.2, 2.3, unobserved, 0.5])
     assert torch.equal(multiplier.weight.detach().flatten(), expected_weight)
+    multiplier.post_step_()  # by hand, without a declaration: every row is projected
+    assert bool((multiplier.weight >= 0).all())
 
 
 def test_dense_gradient_momentum_never_leaves_unobserved_rows_negative() -> None:

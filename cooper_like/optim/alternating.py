@@ -12,8 +12,9 @@ from cooper_like.problem import CMPState, ConstrainedMinimizationProblem, Lagran
 
 
 def overrides_compute_violations(cmp: ConstrainedMinimizationProblem) -> bool:
-    """Whether the problem implements the optional ``compute_violations``."""
-    return type(cmp).compute_violations is not ConstrainedMinimizationProblem.compute_violations
+    """Whether the problem implements the optional ``compute_violations`` (on its class or the instance)."""
+    method = cmp.compute_violations
+    return getattr(method, "__func__", method) is not ConstrainedMinimizationProblem.compute_violations
 
 
 class AlternatingPrimalDualOptimizer(ConstrainedOptimizer):
@@ -73,12 +74,9 @@ class AlternatingPrimalDualOptimizer(ConstrainedOptimizer):
         compute_violations_kwargs: dict[str, Any] | None,
     ) -> CMPState:
         if not overrides_compute_violations(self.cmp):
-            return self.evaluate(compute_cmp_state_kwargs)
+            return self.evaluate(compute_cmp_state_kwargs, for_primal_update=False)
         state = self.cmp.compute_violations(**(compute_violations_kwargs or {}))
-        if not isinstance(state, CMPState):
-            raise TypeError(
-                f"{type(self.cmp).__name__}.compute_violations must return a CMPState, got {type(state).__name__}"
-            )
+        self.check_measurement(state, "compute_violations", for_primal_update=False)
         if state.loss is not None:
             raise RuntimeError(
                 f"{type(self.cmp).__name__}.compute_violations must leave loss=None (it measures constraints only)"

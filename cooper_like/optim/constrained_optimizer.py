@@ -14,6 +14,7 @@ from cooper_like.optim.cooper_optimizer import CooperOptimizer
 from cooper_like.optim.dual_restarts import restart_feasible_entries_
 from cooper_like.optim.non_finite import NonFinitePolicy
 from cooper_like.optim.plain_ascent import plain_ascent_step_
+from cooper_like.optim.row_state import moves_only_gradient_rows
 from cooper_like.penalty_coefficients import PenaltyCoefficientUpdater
 from cooper_like.problem import ConstrainedMinimizationProblem
 
@@ -95,10 +96,20 @@ class ConstrainedOptimizer(CooperOptimizer):
         """Restart (where enabled) and project every multiplier of the problem."""
         assert self.dual_optimizers is not None
         for multiplier in self.cmp.unique_multipliers():
-            if getattr(multiplier, "restart_on_feasible", False):
-                assert isinstance(multiplier, ExplicitMultiplier)
+            if not isinstance(multiplier, ExplicitMultiplier):
+                multiplier.post_step_()
+                continue
+            if multiplier.restart_on_feasible:
                 restart_feasible_entries_(multiplier, self.dual_optimizers)
-            multiplier.post_step_()
+            multiplier.post_step_(observed_rows_only=self.moves_only_observed_rows(multiplier))
+
+    def moves_only_observed_rows(self, multiplier: ExplicitMultiplier) -> bool:
+        """Whether the last dual step moved only the rows observed by ``multiplier``'s sparse gradient."""
+        gradient = multiplier.weight.grad
+        if gradient is None or not gradient.is_sparse:
+            return False
+        assert self.dual_optimizers is not None
+        return all(moves_only_gradient_rows(optimizer, multiplier.weight) for optimizer in self.dual_optimizers)
 
     def update_penalty_coefficients(self, observed_constraints: dict[Constraint, ConstraintState]) -> None:
         """Apply the attached penalty-coefficient updaters (if any) to the measured constraints."""

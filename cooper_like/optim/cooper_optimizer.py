@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import abc
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple, TypedDict, TypeVar
 
 import torch
 
 from cooper_like import distributed as distributed_training
+from cooper_like.exceptions import UnregisteredConstraintError
 from cooper_like.optim.non_finite import NonFiniteGuard, NonFinitePolicy
 from cooper_like.optim.torch_calls import clear_gradients, optimizer_step
 from cooper_like.problem import CMPState, ConstrainedMinimizationProblem, LagrangianStore
@@ -41,6 +43,8 @@ def as_optimizer_list(
     optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer], role: str
 ) -> list[torch.optim.Optimizer]:
     """Wrap one optimizer into a list and check every entry is a ``torch.optim.Optimizer``."""
+    if optimizers is None:
+        raise TypeError(f"{role} is required: pass a torch.optim.Optimizer or a sequence of them, got None")
     items = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
     if not items:
         raise ValueError(f"{role} must hold at least one torch.optim.Optimizer, got an empty sequence")
@@ -84,6 +88,7 @@ class CooperOptimizer(abc.ABC):
         )
         self.distributed = distributed_training.resolve_switch(distributed)
         self.guard = NonFiniteGuard(non_finite, distributed=self.distributed)
+        self._warned_constant_violations: set[str | None] = set()
 
     @property
     def skipped_steps(self) -> int:
@@ -107,20 +112,67 @@ class CooperOptimizer(abc.ABC):
             optimizer_step(optimizer)
 
     def evaluate(
-        self, compute_cmp_state_kwargs: dict[str, Any] | None, *, for_dual_update: bool = True
+        self,
+        compute_cmp_state_kwargs: dict[str, Any] | None,
+        *,
+        for_dual_update: bool = True,
+        for_primal_update: bool = True,
     ) -> CMPState:
-        """Call ``cmp.compute_cmp_state(**kwargs)`` and check that it returned a :class:`CMPState`.
+        """Call ``cmp.compute_cmp_state(**kwargs)`` and check what it returned (:meth:`check_measurement`).
 
         In distributed training (see ``distributed``) and when the measurement will drive a dual update,
         its strict violations are replaced by their global values
         (:func:`~cooper_like.distributed.synchronize_dual_measurements`).
         """
         cmp_state = self.cmp.compute_cmp_state(**(compute_cmp_state_kwargs or {}))
-        if not isinstance(cmp_state, CMPState):
-            raise TypeError(
-                f"{type(self.cmp).__name__}.compute_cmp_state must return a CMPState, got {type(cmp_state).__name__}"
-            )
+        self.check_measurement(cmp_state, "compute_cmp_state", for_primal_update=for_primal_update)
         return self.synchronize(cmp_state) if for_dual_update else cmp_state
+
+    def check_measurement(self, cmp_state: CMPState, source: str, *, for_primal_update: bool) -> None:
+        """Raise on mistakes that would otherwise pass silently (a few attribute reads per constraint).
+
+        * a result that is not a :class:`CMPState` (``TypeError``);
+        * a measured constraint that is not registered on the problem (its multiplier would never move):
+          :class:`~cooper_like.exceptions.UnregisteredConstraintError`;
+        * for a primal step, a loss that is not a scalar (``ValueError`` naming its shape), and a violation
+          that contributes to the primal update but does not require grad (it cannot move the model): a
+          ``UserWarning``, once per constraint.
+        """
+        problem = type(self.cmp).__name__
+        if not isinstance(cmp_state, CMPState):
+            raise TypeError(f"{problem}.{source} must return a CMPState, got {type(cmp_state).__name__}")
+        for constraint in cmp_state.observed_constraints:
+            if not self.cmp.is_registered(constraint):
+                raise UnregisteredConstraintError(
+                    f"{problem}.{source} measured a constraint that is not registered on the problem "
+                    f"({constraint!r}); assign it as an attribute in __init__ (self.name = Constraint(...)) "
+                    "so that its multiplier is a dual parameter"
+                )
+        if not for_primal_update:
+            return
+        loss = cmp_state.loss
+        if loss is not None and (not isinstance(loss, torch.Tensor) or loss.numel() != 1):
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise ValueError(
+                f"{problem}.{source} returned a loss of shape {shape}: CMPState.loss must be a scalar "
+                "tensor (reduce it, e.g. with .mean())"
+            )
+        if not torch.is_grad_enabled():
+            return
+        for constraint, state in cmp_state.observed_constraints.items():
+            if (
+                state.contributes_to_primal_update
+                and not state.violation.requires_grad
+                and constraint.name not in self._warned_constant_violations
+            ):
+                self._warned_constant_violations.add(constraint.name)
+                warnings.warn(
+                    f"the violation of constraint {constraint.name!r} does not require grad, so it cannot "
+                    "move the model; compute it from the parameters, or pass "
+                    "contributes_to_primal_update=False if it only drives the multiplier",
+                    UserWarning,
+                    stacklevel=4,
+                )
 
     def synchronize(self, cmp_state: CMPState) -> CMPState:
         """``cmp_state`` with global dual measurements when distributed training is on, else unchanged."""

@@ -7,33 +7,41 @@ from collections.abc import Sequence
 import torch
 
 from cooper_like.multipliers import ExplicitMultiplier
+from cooper_like.optim.row_state import reset_state_rows_
+
+
+def feasible_rows(multiplier: ExplicitMultiplier) -> torch.Tensor | None:
+    r"""Observed rows whose dual gradient is :math:`\le 0` (``None`` when there is no gradient).
+
+    For the built-in formulations the dual gradient of an explicit multiplier is the strict violation
+    :math:`\tilde g` (summed over repeated ids). Only observed rows are read: O(observed) for an indexed
+    multiplier.
+    """
+    weight, grad = multiplier.weight, multiplier.weight.grad
+    if grad is None:
+        return None
+    rows = multiplier.observed_rows()
+    if rows is None:
+        return (grad <= 0).reshape(weight.shape[0], -1).all(dim=1).nonzero().flatten()
+    rows = rows.unique()
+    row_gradients = grad.index_select(0, rows)
+    if row_gradients.is_sparse:
+        row_gradients = row_gradients.to_dense()
+    return rows[(row_gradients <= 0).reshape(rows.shape[0], -1).all(dim=1)]
 
 
 @torch.no_grad()
 def restart_feasible_entries_(
     multiplier: ExplicitMultiplier, dual_optimizers: Sequence[torch.optim.Optimizer]
 ) -> None:
-    r"""Set :math:`\lambda_i = 0` where the observed strict violation :math:`\tilde g_i \le 0`.
+    r"""Set :math:`\lambda_i = 0` where the observed dual gradient :math:`\tilde g_i \le 0`.
 
-    The strict violation is read from ``weight.grad`` (for an explicit multiplier it *is* the dual
-    gradient). Every dual-optimizer state tensor indexed by the multiplier's rows (momenta, nuPI's
-    error EMA and its row mask, ...) is cleared at the same rows, so a restarted entry starts afresh.
-    Only observed rows are read or written: O(observed) for an indexed multiplier.
+    What each dual optimizer remembers of those rows is reset through its explicit interface
+    (:func:`~cooper_like.optim.row_state.reset_state_rows_`), so a restarted entry starts afresh.
     """
-    weight, grad = multiplier.weight, multiplier.weight.grad
-    if grad is None:
-        return
-    rows = multiplier.observed_rows()
+    rows = feasible_rows(multiplier)
     if rows is None:
-        feasible_rows = (grad <= 0).reshape(weight.shape[0], -1).all(dim=1).nonzero().flatten()
-    else:
-        rows = rows.unique()
-        row_gradients = grad.index_select(0, rows)
-        if row_gradients.is_sparse:
-            row_gradients = row_gradients.to_dense()
-        feasible_rows = rows[(row_gradients <= 0).reshape(rows.shape[0], -1).all(dim=1)]
-    weight.index_fill_(0, feasible_rows, 0.0)
+        return
+    multiplier.weight.detach().index_fill_(0, rows, 0.0)
     for optimizer in dual_optimizers:
-        for value in optimizer.state.get(weight, {}).values():
-            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == weight.shape[0]:
-                value.index_fill_(0, feasible_rows, False if value.dtype == torch.bool else 0)
+        reset_state_rows_(optimizer, multiplier.weight, rows)

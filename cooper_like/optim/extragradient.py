@@ -320,6 +320,25 @@ class ExtragradientOptimizer(torch.optim.Optimizer):
                     _apply(param, update)
         return loss
 
+    #: Per-element statistics of the base method; the remembered iterate is not among them.
+    row_state_keys: tuple[str, ...] = ()
+
+    @torch.no_grad()
+    def reset_state_rows_(self, param: torch.Tensor, rows: torch.Tensor) -> None:
+        """Zero the base method's statistics (:attr:`row_state_keys`) at ``rows`` (dual restarts).
+
+        The remembered iterate :math:`\theta_t` is kept: a pending :meth:`step` still starts from it.
+        """
+        state = self.state.get(param, {})
+        for key in self.row_state_keys:
+            value = state.get(key)
+            if isinstance(value, torch.Tensor):
+                value.index_fill_(0, rows, 0.0)
+
+    def moves_only_gradient_rows(self, param: torch.Tensor) -> bool:
+        """Whether a sparse-gradient update of ``param`` leaves the other rows alone (``False`` by default)."""
+        return False
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a state produced by :meth:`state_dict`, keeping integer row indices integer."""
         super().load_state_dict(state_dict)
@@ -370,6 +389,12 @@ class ExtraSGD(ExtragradientOptimizer):
             "maximize": maximize,
         }
         super().__init__(params, defaults)
+
+    row_state_keys = ("momentum_buffer",)
+
+    def moves_only_gradient_rows(self, param: torch.Tensor) -> bool:
+        """True: sparse gradients are only accepted without momentum, and then only their rows move."""
+        return True
 
     def _check_hyperparameters(self, group: Mapping[str, Any]) -> None:
         for name in ("lr", "momentum", "weight_decay"):
@@ -467,6 +492,8 @@ class ExtraAdam(ExtragradientOptimizer):
             "maximize": maximize,
         }
         super().__init__(params, defaults)
+
+    row_state_keys = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def _check_hyperparameters(self, group: Mapping[str, Any]) -> None:
         for name in ("lr", "eps", "weight_decay"):

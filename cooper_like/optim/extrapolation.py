@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from cooper_like.exceptions import NotExtrapolatingError
 from cooper_like.optim.constrained_optimizer import ConstrainedOptimizer
 from cooper_like.optim.cooper_optimizer import RollOut
 from cooper_like.optim.non_finite import NonFiniteError
@@ -34,7 +35,7 @@ class ExtrapolationConstrainedOptimizer(ConstrainedOptimizer):
         ):
             for optimizer in optimizers or ():
                 if not callable(getattr(optimizer, "extrapolation", None)):
-                    raise TypeError(
+                    raise NotExtrapolatingError(
                         f"ExtrapolationConstrainedOptimizer: {role} must have an extrapolation() method "
                         f"(ExtraSGD, ExtraAdam); got {type(optimizer).__name__}"
                     )

@@ -71,8 +71,9 @@ def values_to_check(
             dual_gradient = state.strict_violation if state.strict_violation is not None else state.violation
             if dual_gradient.dtype != multiplier.dtype:  # e.g. 7e4 is finite in float32, not in float16
                 values.append(dual_gradient.detach().to(multiplier.dtype))
-    if dual_store is not None and dual_store.autograd_part is not None:
-        values.append(dual_store.autograd_part)
+    dual_value = None if dual_store is None else dual_store.differentiable_part()
+    if dual_value is not None:
+        values.append(dual_value)
     return values
 
 
@@ -92,8 +93,15 @@ def finite_total(value: torch.Tensor) -> torch.Tensor:
 
 
 def all_finite(values: list[torch.Tensor]) -> bool:
-    """Whether every entry of every tensor is finite (one host read per tensor)."""
-    return all(math.isfinite(finite_total(value).item()) for value in values)
+    """Whether every entry of every tensor is finite.
+
+    On the CPU one cheap read per tensor; on an accelerator the flags are combined on the device and
+    read with a single host synchronisation.
+    """
+    if values[0].is_cpu:
+        return all(math.isfinite(finite_total(value).item()) for value in values)
+    flags = [torch.isfinite(finite_total(value)).to(values[0].device) for value in values]
+    return bool(torch.stack(flags).all())
 
 
 class NonFiniteGuard:
@@ -101,10 +109,10 @@ class NonFiniteGuard:
 
     A NaN/Inf in the loss, a violation, a strict violation or a multiplier makes
     :math:`\mathcal{L}_p + \mathcal{L}_d` non-finite (:math:`0\cdot\infty` is NaN), so a single scalar
-    test covers them all. On the CPU the test is immediate. On an accelerator, ``RAISE`` does not
-    synchronise the host every step: the flag is copied asynchronously and inspected at the next check,
-    so the error names the step *before*; ``SKIP`` must decide before updating and therefore synchronises
-    (as ``torch.amp.GradScaler`` does).
+    test covers them all. The verdict is taken before anything is updated, so ``RAISE`` raises with
+    every parameter, multiplier and optimizer state as it was. On an accelerator this costs one host
+    synchronisation per check (the flags of all values are combined on the device and read once);
+    ``OFF`` never synchronises.
 
     In distributed training the verdict is shared (one scalar ``all_reduce``): when any process sees a
     non-finite value, every process raises or skips the step, so none is left waiting in a collective.
@@ -125,7 +133,6 @@ class NonFiniteGuard:
             raise ValueError(f"non_finite must be one of {choices}, got {policy!r}") from None
         self.distributed = distributed
         self.skipped_steps = 0
-        self._pending: tuple[torch.Tensor, torch.Event] | None = None
 
     def admits(
         self,
@@ -143,14 +150,9 @@ class NonFiniteGuard:
             return True
         values = values_to_check(cmp_state, primal_store, dual_store)
         shared = distributed_training.switch_is_on(self.distributed)
-        if not shared:
-            if not values:
-                return True
-            if not values[0].is_cpu and self.policy is NonFinitePolicy.RAISE:
-                self._check_pending()
-                self._defer(torch.stack([torch.isfinite(finite_total(value)) for value in values]).all())
-                return True
-        finite_here = all_finite(values)
+        if not shared and not values:
+            return True
+        finite_here = all_finite(values) if values else True
         finite = distributed_training.all_ranks_agree(finite_here) if shared else finite_here
         if finite:
             return True
@@ -168,22 +170,3 @@ class NonFiniteGuard:
         self.skipped_steps += 1
         warnings.warn(f"skipping a step with a non-finite value ({culprits})", RuntimeWarning, stacklevel=3)
         return False
-
-    def _defer(self, is_finite: torch.Tensor) -> None:
-        host = torch.empty((), dtype=torch.bool, pin_memory=True)
-        host.copy_(is_finite, non_blocking=True)
-        event = torch.Event(device=is_finite.device)
-        event.record()
-        self._pending = (host, event)
-
-    def _check_pending(self) -> None:
-        if self._pending is None:
-            return
-        host, event = self._pending
-        if not event.query():  # the previous step is still running: check it next time
-            return
-        self._pending = None
-        if not bool(host):
-            raise NonFiniteError(
-                "non-finite value in the previous step (checked asynchronously on the device)"
-            )

@@ -13,6 +13,7 @@ class only gathers the inputs, calls the kernels and writes the results back.
 from __future__ import annotations
 
 import enum
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -174,6 +175,12 @@ def _min_entry(gain: Gain) -> float:
     return float(gain)
 
 
+def _all_finite(gain: Gain) -> bool:
+    if isinstance(gain, torch.Tensor):
+        return bool(torch.isfinite(gain).all())
+    return math.isfinite(gain)
+
+
 def _is_all_zero(gain: Gain) -> bool:
     if isinstance(gain, torch.Tensor):
         return bool((gain == 0).all())
@@ -183,16 +190,18 @@ def _is_all_zero(gain: Gain) -> bool:
 def _check_hyperparameters(group: Mapping[str, Any], stacklevel: int) -> int:
     """Validates one (merged) parameter group and returns its ``init_type`` as a plain int."""
     lr = group["lr"]
-    if lr < 0:
+    if not lr >= 0:  # also rejects NaN
         raise ValueError(f"nuPI: lr must be >= 0, got {lr}")
     weight_decay = group["weight_decay"]
-    if weight_decay < 0:
+    if not weight_decay >= 0:
         raise ValueError(f"nuPI: weight_decay must be >= 0, got {weight_decay}")
     ema_nu = group["ema_nu"]
     if not 0.0 <= ema_nu < 1.0:
         raise ValueError(f"nuPI: ema_nu must be in [0, 1), got {ema_nu}")
     for name in ("Kp", "Ki"):
         gain = group[name]
+        if not _all_finite(gain):
+            raise ValueError(f"nuPI: {name} must be finite, got {gain}")
         lowest = _min_entry(gain)
         if lowest < 0:
             if isinstance(gain, torch.Tensor) and gain.numel() > 1:
@@ -420,6 +429,29 @@ class nuPI(torch.optim.Optimizer):
         xi.index_copy_(0, rows, xi_new)
         if observed is not None:
             observed.index_fill_(0, rows, True)
+
+    @torch.no_grad()
+    def reset_state_rows_(self, param: torch.Tensor, rows: torch.Tensor) -> None:
+        r"""Forget ``rows`` of ``param`` (dual restarts): :math:`\xi = 0` there, and with ``SGD`` init the
+        rows count as never observed, so their next error :math:`e` starts the average afresh
+        (:math:`\xi_{-1} = e`).
+        """
+        state = self.state.get(param)
+        if not state or _XI not in state:
+            return
+        state[_XI].index_fill_(0, rows, 0.0)
+        group = next(g for g in self.param_groups if any(p is param for p in g["params"]))
+        if group["init_type"] != nuPIInitType.SGD:
+            return
+        observed = state.get(_OBSERVED_ROWS)
+        if observed is None:  # after a dense step every row was observed
+            observed = torch.ones(param.shape[0], dtype=torch.bool, device=param.device)
+            state[_OBSERVED_ROWS] = observed
+        observed.index_fill_(0, rows, False)
+
+    def moves_only_gradient_rows(self, param: torch.Tensor) -> bool:
+        """A sparse step reads and writes only the rows of the gradient (weight decay included)."""
+        return True
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a state produced by :meth:`state_dict`, keeping the boolean row masks boolean."""

@@ -18,6 +18,8 @@ class UnconstrainedOptimizer(CooperOptimizer):
     Args:
         cmp: The problem.
         primal_optimizers: Optimizer(s) of the model parameters.
+        dual_optimizers: Accepted for Cooper compatibility (generic code builds every optimizer alike);
+            must be ``None``.
         non_finite: ``"raise"`` (default), ``"skip"`` or ``"off"``.
         distributed: ``None`` (default), ``True`` or ``False``; with a process group, NaN/Inf decisions are
             shared by every process (see :class:`~cooper_like.optim.CooperOptimizer`).
@@ -27,10 +29,16 @@ class UnconstrainedOptimizer(CooperOptimizer):
         self,
         cmp: ConstrainedMinimizationProblem,
         primal_optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
+        dual_optimizers: None = None,
         *,
         non_finite: NonFinitePolicy | str = NonFinitePolicy.RAISE,
         distributed: bool | None = None,
     ) -> None:
+        if dual_optimizers is not None:
+            raise ValueError(
+                "UnconstrainedOptimizer: dual_optimizers must be None (it updates no multiplier), got "
+                f"{type(dual_optimizers).__name__}; use a ConstrainedOptimizer to update multipliers"
+            )
         super().__init__(cmp, primal_optimizers, None, non_finite=non_finite, distributed=distributed)
 
     def roll(self, compute_cmp_state_kwargs: dict[str, Any] | None = None) -> RollOut:

@@ -10,7 +10,7 @@ import torch
 
 import cooper_like as cooper
 from cooper_like.multipliers import DenseMultiplier
-from cooper_like.optim import NonFiniteError, NonFiniteGuard
+from cooper_like.optim import NonFiniteError
 from tests.conftest import QuadraticProblem
 
 TARGET = torch.zeros(1, dtype=torch.float64)
@@ -270,22 +270,6 @@ def test_off_policy_does_not_check() -> None:
     )
     optimizer.roll({"x": x, "target": TARGET})
     assert x.item() != 2.0
-
-
-def test_deferred_check_raises_at_the_next_step() -> None:
-    """The accelerator path: the flag of step t is read (without blocking) at step t + 1."""
-
-    class DoneEvent:
-        def query(self) -> bool:
-            return True
-
-    guard = NonFiniteGuard("raise")
-    guard._pending = (torch.tensor(False), DoneEvent())  # type: ignore[assignment]
-    with pytest.raises(NonFiniteError, match="previous step"):
-        guard._check_pending()
-    guard._pending = (torch.tensor(True), DoneEvent())  # type: ignore[assignment]
-    guard._check_pending()
-    assert guard._pending is None
 
 
 def test_contributes_to_dual_update_false_leaves_the_multiplier_untouched() -> None:
