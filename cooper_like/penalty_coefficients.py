@@ -11,6 +11,8 @@ from typing import Any, Protocol
 import torch
 
 from cooper_like.constraint_state import ConstraintState, ConstraintType
+from cooper_like.exceptions import ArgumentTypeError
+from cooper_like.multipliers import check_row_bounds
 
 
 class PenaltyCoefficient(abc.ABC):
@@ -25,6 +27,11 @@ class PenaltyCoefficient(abc.ABC):
     def __init__(self, init: torch.Tensor) -> None:
         if not isinstance(init, torch.Tensor):
             raise TypeError(f"{type(self).__name__}: init must be a torch.Tensor, got {type(init).__name__}")
+        if init.requires_grad:
+            raise ValueError(
+                f"{type(self).__name__}: init must not require gradients (a penalty coefficient is not "
+                "trained); pass init.detach()"
+            )
         if init.dim() > 1:
             raise ValueError(
                 f"{type(self).__name__}: init must be a scalar or 1-D tensor, got shape {tuple(init.shape)}"
@@ -89,12 +96,24 @@ class IndexedPenaltyCoefficient(PenaltyCoefficient):
 
     def __call__(self, indices: torch.Tensor) -> torch.Tensor:
         if indices.dtype not in (torch.int64, torch.int32):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"IndexedPenaltyCoefficient: indices must be an integer tensor, got dtype {indices.dtype}"
             )
         if self._value.dim() == 0:
             return self._value.clone()
         return self._value.index_select(0, indices.reshape(-1)).reshape(indices.shape)
+
+    @torch.no_grad()
+    def set_rows_(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """Set the coefficients of ``rows`` (unique ids) to ``values`` in place: O(len(rows)).
+
+        Only the new values are validated (finite, ``>= 0``); the other rows are neither read nor copied.
+        """
+        if self._value.dim() == 0:
+            raise ValueError("IndexedPenaltyCoefficient.set_rows_: the coefficient is a scalar (no rows)")
+        check_row_bounds(rows, self._value.shape[0], "IndexedPenaltyCoefficient: rows")
+        new = validated_penalty_value(type(self).__name__, values.to(self._value.dtype))
+        self._value.index_copy_(0, rows, new)
 
 
 def validated_penalty_value(owner: str, value: torch.Tensor) -> torch.Tensor:
@@ -148,6 +167,7 @@ class PenaltyCoefficientUpdater(abc.ABC):
         for constraint, state in observed_constraints.items():
             if constraint.penalty_coefficient is None:
                 continue
+            check_is_penalty_coefficient(constraint.penalty_coefficient)
             if constraint.formulation.expects_multiplier:
                 should_update = state.contributes_to_dual_update or (
                     state.contributes_to_primal_update and state.strict_violation is not None
@@ -189,37 +209,64 @@ class FeasibilityDrivenPenaltyCoefficientUpdater(PenaltyCoefficientUpdater):
     def update_penalty_coefficient_(
         self, constraint: PenalizedConstraint, constraint_state: ConstraintState
     ) -> None:
-        coefficient = constraint.penalty_coefficient
-        assert coefficient is not None
+        coefficient = check_is_penalty_coefficient(constraint.penalty_coefficient)
         _, strict_violation = constraint_state.extract_violations()
         _, features = constraint_state.extract_constraint_features()
         if constraint.constraint_type == ConstraintType.INEQUALITY:
             strict_violation = strict_violation.relu()
 
-        indexed = isinstance(coefficient, IndexedPenaltyCoefficient) and coefficient.value.dim() > 0
-        if indexed:
-            assert features is not None
-            rows = features.reshape(-1)
-            current, initial = coefficient.value[rows], coefficient.init[rows]
-            measure = strict_violation.reshape(-1).abs()
-        else:
-            current, initial = coefficient.value, coefficient.init
-            measure = (
-                strict_violation.norm()
-                if current.dim() == 0
-                else strict_violation.abs().reshape(current.shape)
-            )
+        if isinstance(coefficient, IndexedPenaltyCoefficient) and coefficient.value.dim() > 0:
+            if features is None:
+                raise ValueError(
+                    "IndexedPenaltyCoefficient: constraint_features (the observed constraint ids) are required"
+                )
+            rows, measure = max_measure_per_row(features, strict_violation)
+            current, initial = coefficient.value.index_select(0, rows), coefficient.init.index_select(0, rows)
+            coefficient.set_rows_(rows, self.updated(current, initial, measure, constraint.constraint_type))
+            return
+        current, initial = coefficient.value, coefficient.init
+        measure = (
+            strict_violation.norm() if current.dim() == 0 else strict_violation.abs().reshape(current.shape)
+        )
 
+        new = self.updated(current, initial, measure, constraint.constraint_type)
+        coefficient.value = new.to(coefficient.value.dtype)
+
+    def updated(
+        self,
+        current: torch.Tensor,
+        initial: torch.Tensor,
+        measure: torch.Tensor,
+        constraint_type: ConstraintType,
+    ) -> torch.Tensor:
+        """Grown where ``measure`` exceeds the tolerance; back to ``initial`` where an inequality is satisfied."""
         new = torch.where(measure > self.violation_tolerance, self.grown(current), current)
-        if self.has_restart and constraint.constraint_type == ConstraintType.INEQUALITY:
+        if self.has_restart and constraint_type == ConstraintType.INEQUALITY:
             new = torch.where(measure == 0, initial, new)
+        return new
 
-        if indexed:
-            updated = coefficient.value.clone()
-            updated[rows] = new.to(updated.dtype)
-            coefficient.value = updated
-        else:
-            coefficient.value = new.to(coefficient.value.dtype)
+
+def check_is_penalty_coefficient(coefficient: object) -> PenaltyCoefficient:
+    """``coefficient`` if it is a :class:`PenaltyCoefficient`; ``TypeError`` naming its type otherwise."""
+    if not isinstance(coefficient, PenaltyCoefficient):
+        raise TypeError(
+            "penalty-coefficient updater: the constraint's penalty_coefficient must be a PenaltyCoefficient, "
+            f"got {type(coefficient).__name__}"
+        )
+    return coefficient
+
+
+def max_measure_per_row(features: torch.Tensor, measure: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""The unique observed ids and, per id, the largest :math:`|\text{measure}|` of its observations.
+
+    A row observed several times in one step grows once if any observation is violated, and restarts
+    only if every observation is exactly satisfied. O(observed), whatever the number of rows.
+    """
+    rows, position = features.reshape(-1).long().unique(return_inverse=True)
+    per_observation = measure.reshape(-1).abs()
+    largest = per_observation.new_zeros(rows.shape[0])
+    largest.scatter_reduce_(0, position, per_observation, reduce="amax", include_self=False)
+    return rows, largest
 
 
 class MultiplicativePenaltyCoefficientUpdater(FeasibilityDrivenPenaltyCoefficientUpdater):

@@ -70,7 +70,9 @@ class LagrangianStore:
         for term in self.__dict__["_direct_terms"]:
             live = multiplier_forward(term.multiplier, term.constraint_features)
             # The value of the snapshot, the gradient of the live multiplier: d/dλ of λᵀg̃ is g̃.
-            differentiable = term.multiplier_value + (live - live.detach()).reshape(term.multiplier_value.shape)
+            differentiable = term.multiplier_value + (live - live.detach()).reshape(
+                term.multiplier_value.shape
+            )
             value = accumulate(value, lagrangian_term(differentiable, term.violation))
         self.__dict__["_value"] = value
         self.__dict__["_direct_terms"] = []
@@ -89,7 +91,9 @@ class LagrangianStore:
         multiplier.check_observation(strict_violation, strict_features)
         snapshot = multiplier.detached_value(strict_features)
         self.multiplier_values[constraint] = snapshot
-        self.__dict__["_direct_terms"].append(DirectDualTerm(multiplier, snapshot, strict_violation, strict_features))
+        self.__dict__["_direct_terms"].append(
+            DirectDualTerm(multiplier, snapshot, strict_violation, strict_features)
+        )
         self.__dict__["_observations"].append((multiplier, strict_features))
 
     def add_contribution(self, term: torch.Tensor) -> None:
@@ -178,6 +182,7 @@ class CMPState:
         """The primal and the dual Lagrangian of this measurement (what :meth:`compute_primal_lagrangian`
         and :meth:`compute_dual_lagrangian` return)."""
         return self.compute_primal_lagrangian(), self.compute_dual_lagrangian()
+
     def named_observed_violations(self) -> Iterator[tuple[str | None, torch.Tensor]]:
         for constraint, state in self.observed_constraints.items():
             yield constraint.name, state.violation

@@ -109,7 +109,9 @@ class ConstrainedOptimizer(CooperOptimizer):
         if gradient is None or not gradient.is_sparse:
             return False
         assert self.dual_optimizers is not None
-        return all(moves_only_gradient_rows(optimizer, multiplier.weight) for optimizer in self.dual_optimizers)
+        return all(
+            moves_only_gradient_rows(optimizer, multiplier.weight) for optimizer in self.dual_optimizers
+        )
 
     def update_penalty_coefficients(self, observed_constraints: dict[Constraint, ConstraintState]) -> None:
         """Apply the attached penalty-coefficient updaters (if any) to the measured constraints."""

@@ -9,21 +9,22 @@ dispatch, implementation selection — which costs more than the update itself f
 It declines (returns ``False``, and the caller runs ``optimizer.step()``) whenever the result could
 differ: a subclass of SGD, momentum, weight decay, Nesterov, ``maximize=False``, a differentiable, fused
 or foreach configuration, a tensor learning rate, a ``grad_scale``, a registered step hook (global or
-per optimizer), or a ``step`` replaced on the instance (as an LR scheduler does to track calls).
+per optimizer), or a ``step`` replaced on the instance (as an LR scheduler does to track calls), and on a torch version
+whose internals the suite has not verified (:data:`~cooper_like.optim.torch_calls.VERIFIED_TORCH_VERSIONS`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from cooper_like.optim.torch_calls import step_hooks_registered
+from cooper_like.optim import torch_calls
 
 
 def is_plain_ascent(optimizer: torch.optim.Optimizer) -> bool:
     """``True`` when ``optimizer.step()`` is exactly :math:`\\lambda \\leftarrow \\lambda + \\eta\\nabla`."""
-    if type(optimizer) is not torch.optim.SGD or "step" in optimizer.__dict__:
+    if not torch_calls.LEAN_CALLS or type(optimizer) is not torch.optim.SGD or "step" in optimizer.__dict__:
         return False
-    if step_hooks_registered(optimizer):
+    if torch_calls.step_hooks_registered(optimizer):
         return False
     if optimizer.__dict__.get("grad_scale") is not None:
         return False

@@ -6,13 +6,28 @@ even when no profiler is recording. For a small model that bookkeeping costs as 
 The functions below call the wrapped function directly, or set the gradients to ``None`` directly, when
 the result cannot differ: no profiler recording, no step hook registered (globally or on the optimizer),
 and the method neither overridden nor replaced on the instance (an LR scheduler replaces ``step`` to
-count calls). Otherwise they make the ordinary call.
+count calls) — and only on the torch versions listed in :data:`VERIFIED_TORCH_VERSIONS`. Otherwise they
+make the ordinary call.
 """
 
 from __future__ import annotations
 
 import torch
 from torch.optim import optimizer as torch_optimizer
+
+#: ``major.minor`` torch versions whose private internals used here (the undecorated ``step``, the hook
+#: dictionaries, the profiler flag) the test suite has verified; on any other version every call below
+#: is the public one.
+VERIFIED_TORCH_VERSIONS = ("2.13",)
+
+
+def torch_internals_verified(version: str | None = None) -> bool:
+    """Whether the lean calls may use torch's private internals on this torch (``version`` for tests)."""
+    release = (version or torch.__version__).split("+")[0]
+    return ".".join(release.split(".")[:2]) in VERIFIED_TORCH_VERSIONS
+
+
+LEAN_CALLS = torch_internals_verified()
 
 
 def profiler_recording() -> bool:
@@ -33,7 +48,8 @@ def step_hooks_registered(optimizer: torch.optim.Optimizer) -> bool:
 def clear_gradients(optimizer: torch.optim.Optimizer) -> None:
     """``optimizer.zero_grad(set_to_none=True)``: the gradients of its parameters become ``None``."""
     if (
-        type(optimizer).zero_grad is not torch.optim.Optimizer.zero_grad
+        not LEAN_CALLS
+        or type(optimizer).zero_grad is not torch.optim.Optimizer.zero_grad
         or "zero_grad" in optimizer.__dict__
         or profiler_recording()
     ):
@@ -49,7 +65,8 @@ def optimizer_step(optimizer: torch.optim.Optimizer) -> None:
     step = type(optimizer).step
     undecorated = getattr(step, "__wrapped__", None)
     if (
-        undecorated is None
+        not LEAN_CALLS
+        or undecorated is None
         or not getattr(step, "hooked", False)  # not torch's profiling wrapper
         or "step" in optimizer.__dict__
         or step_hooks_registered(optimizer)

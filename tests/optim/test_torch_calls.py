@@ -11,6 +11,8 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import cooper_like as cooper
+from cooper_like.optim import torch_calls
+from cooper_like.optim.plain_ascent import is_plain_ascent
 from cooper_like.optim.torch_calls import clear_gradients, optimizer_step
 
 
@@ -176,3 +178,31 @@ def test_a_recording_profiler_sees_the_step_range() -> None:
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
         optimizer_step(optimizer)
     assert "Optimizer.step#SGD.step" in {event.key for event in profiler.key_averages()}
+
+
+def test_only_verified_torch_versions_use_private_internals() -> None:
+    from cooper_like.optim.torch_calls import torch_internals_verified
+
+    assert torch_internals_verified("2.13.0+cpu") and torch_internals_verified("2.13.1")
+    assert not torch_internals_verified("2.99.0") and not torch_internals_verified("3.0.0")
+    assert torch_calls.LEAN_CALLS == torch_internals_verified(torch.__version__)
+
+
+def test_an_unknown_torch_version_takes_the_public_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a torch version the suite has not verified, zero_grad, step and the plain-ascent fast path
+    are the public calls (seen here through a profiler range each public call opens)."""
+    monkeypatch.setattr(torch_calls, "LEAN_CALLS", torch_calls.torch_internals_verified("2.99.0"))
+    problem = ToyProblem()
+    x = torch.nn.Parameter(torch.ones(2))
+    primal = torch.optim.SGD([x], lr=0.1)
+    dual = torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True)
+    assert not is_plain_ascent(dual)
+    optimizer = cooper.optim.SimultaneousOptimizer(problem, primal, dual)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        optimizer.roll({"x": x})
+    names = {event.key for event in profiler.key_averages()}
+    assert {"Optimizer.zero_grad#SGD.zero_grad", "Optimizer.step#SGD.step"} <= names
+    # and the result is the same step: x = 1 - 0.1 * 2, λ = 0 + 0.1 * (2 - 1)
+    assert torch.allclose(x.detach(), torch.full((2,), 0.8))
+    assert torch.allclose(problem.bound.multiplier.weight.detach(), torch.tensor([0.1]))
+
