@@ -205,4 +205,3 @@ def test_an_unknown_torch_version_takes_the_public_calls(monkeypatch: pytest.Mon
     # and the result is the same step: x = 1 - 0.1 * 2, λ = 0 + 0.1 * (2 - 1)
     assert torch.allclose(x.detach(), torch.full((2,), 0.8))
     assert torch.allclose(problem.bound.multiplier.weight.detach(), torch.tensor([0.1]))
-
