@@ -185,7 +185,7 @@ def test_only_verified_torch_versions_use_private_internals() -> None:
 
     assert torch_internals_verified("2.13.0+cpu") and torch_internals_verified("2.13.1")
     assert not torch_internals_verified("2.99.0") and not torch_internals_verified("3.0.0")
-    assert torch_calls.LEAN_CALLS == torch_internals_verified(torch.__version__)
+    assert torch_internals_verified(torch.__version__) == torch_calls.LEAN_CALLS
 
 
 def test_an_unknown_torch_version_takes_the_public_calls(monkeypatch: pytest.MonkeyPatch) -> None:
