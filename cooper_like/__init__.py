@@ -3,7 +3,16 @@
 ``import cooper_like as cooper`` runs scripts written for Cooper 1.0.1.
 """
 
-from cooper_like import distributed, formulations, multipliers, optim, penalty_coefficients, reporting, utils
+from cooper_like import (
+    distributed,
+    exceptions,
+    formulations,
+    multipliers,
+    optim,
+    penalty_coefficients,
+    reporting,
+    utils,
+)
 from cooper_like.constraint_state import ConstraintState, ConstraintType
 from cooper_like.constraints import Constraint
 from cooper_like.problem import CMPState, ConstrainedMinimizationProblem, LagrangianStore
@@ -19,6 +28,7 @@ __all__ = [
     "LagrangianStore",
     "__version__",
     "distributed",
+    "exceptions",
     "formulations",
     "multipliers",
     "optim",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from cooper_like.constraint_state import ConstraintState, ConstraintType
+from cooper_like.exceptions import ArgumentTypeError
 from cooper_like.formulations import ContributionStore, Formulation, Lagrangian
 from cooper_like.multipliers import Multiplier
 from cooper_like.penalty_coefficients import PenaltyCoefficient
@@ -32,7 +33,9 @@ class Constraint:
         penalty_coefficient: PenaltyCoefficient | None = None,
     ) -> None:
         if not isinstance(constraint_type, ConstraintType):
-            raise TypeError(f"Constraint: constraint_type must be a ConstraintType, got {constraint_type!r}")
+            raise ArgumentTypeError(
+                f"Constraint: constraint_type must be a ConstraintType, got {constraint_type!r}"
+            )
         if not (isinstance(formulation_type, type) and issubclass(formulation_type, Formulation)):
             raise TypeError(
                 f"Constraint: formulation_type must be a Formulation subclass, got {formulation_type!r}"

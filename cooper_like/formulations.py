@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, TypeVar
 import torch
 
 from cooper_like.constraint_state import ConstraintState, ConstraintType
+from cooper_like.exceptions import ArgumentTypeError
 from cooper_like.multipliers import ExplicitMultiplier, Multiplier
 from cooper_like.penalty_coefficients import PenaltyCoefficient
 
@@ -127,7 +128,7 @@ class Formulation(abc.ABC):
 
     def __init__(self, constraint_type: ConstraintType) -> None:
         if not isinstance(constraint_type, ConstraintType):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"{type(self).__name__}: constraint_type must be a ConstraintType, got {constraint_type!r}"
             )
         self.constraint_type = constraint_type
