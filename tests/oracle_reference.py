@@ -286,13 +286,11 @@ def library_run(case: Case, data: Data) -> dict[str, torch.Tensor]:
                 )
             elif isinstance(value, (int, float)):  # e.g. ExtraAdam's step count
                 result[f"state.{key}"] = torch.tensor(float(value))
-        if (
-            dual is not None
-            and "xi" in dual.state.get(weight, {})
-            and "observed_rows" not in dual.state[weight]
-        ):
-            if case.dual_optimizer == "nupi_sgd":
-                result["state.initialised"] = torch.ones(weight.shape[0], dtype=torch.bool)
+        nupi_state = dual.state.get(weight, {}) if dual is not None else {}
+        if case.dual_optimizer == "nupi_sgd" and "xi" in nupi_state and "observed_rows" not in nupi_state:
+            result["state.initialised"] = torch.ones(
+                weight.shape[0], dtype=torch.bool
+            )  # a dense step saw all
     if problem.c.penalty_coefficient is not None:
         result["penalty"] = problem.c.penalty_coefficient.value.clone()
     return result
