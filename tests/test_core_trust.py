@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import cooper_like as cooper
 from cooper_like.formulations import ContributionStore
 from cooper_like.multipliers import DenseMultiplier, IndexedMultiplier
+from tests.oracle_reference import DataWritingAscent
 
 INEQUALITY, EQUALITY = cooper.ConstraintType.INEQUALITY, cooper.ConstraintType.EQUALITY
 
@@ -57,19 +58,6 @@ def test_a_features_buffer_refilled_in_place_reads_the_new_rows() -> None:
     assert first.multiplier_values[problem.rows].tolist() == [10.0, 20.0]
     assert second.multiplier_values[problem.rows].tolist() == [30.0, 40.0]
     assert second.lagrangian is not None and second.lagrangian.item() == 70.0
-
-
-class DataWritingAscent(torch.optim.Optimizer):
-    """A hand-written ascent that writes through ``p.data`` (which does not bump the version counter)."""
-
-    def __init__(self, params: Any, lr: float) -> None:
-        super().__init__(params, {"lr": lr, "maximize": True})
-
-    def step(self, closure: Any = None) -> None:  # type: ignore[override]
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    p.data.add_(p.grad.to_dense(), alpha=group["lr"])
 
 
 class EqualityAtOne(cooper.ConstrainedMinimizationProblem):
