@@ -37,8 +37,11 @@ What is measured
     Before timing, every method is run for ``--check-steps`` steps from identical initial
     weights and data; parameters and multipliers must agree to float tolerance.
 
+    A sixth column runs ``cooper_like`` with its lean torch calls switched off (the public
+    ``zero_grad``/``step`` calls it falls back to on a torch version the suite has not verified).
+
 Target
-    time(cooper_like) / time(hand) <= 1.10 for each size.
+    time(cooper_like) / time(hand): median <= 1.03 and upper quartile <= 1.05 for each size.
 
 Command
     python benchmarks/step_overhead.py [--quick] [--repeats 30] [--steps-per-block 50] [--out [PATH]]
@@ -71,9 +74,12 @@ from _common import (
 )
 from torch import nn
 
+from cooper_like.optim import torch_calls
 from cooper_like.optim.torch_calls import clear_gradients, optimizer_step
 
-TARGET_RATIO = 1.10
+LEAN_CALLS_HERE = torch_calls.LEAN_CALLS
+TARGET_RATIO = 1.03  # median of the per-repeat ratios
+TARGET_UPPER_QUARTILE = 1.05
 PRIMAL_LR = 1e-2
 DUAL_LR = 5e-2
 BATCH_SIZE = 128
@@ -243,6 +249,22 @@ class LibraryMethod(Method):
         return torch.cat([p.detach().reshape(-1) for p in self.cmp.dual_parameters()])
 
 
+class LibraryPublicCalls(LibraryMethod):
+    """``cooper_like`` restricted to torch's public calls, as on a torch version it has not verified.
+
+    The lean calls of :mod:`cooper_like.optim.torch_calls` (undecorated ``step``, hook dictionaries,
+    profiler flag) are switched off for this method's steps only: the ratio is what a user on another
+    torch version pays.
+    """
+
+    def step(self) -> None:
+        torch_calls.LEAN_CALLS = False
+        try:
+            self.optimizer.roll(compute_cmp_state_kwargs=self.kwargs)
+        finally:
+            torch_calls.LEAN_CALLS = LEAN_CALLS_HERE
+
+
 def build_methods(spec: SizeSpec, libs: dict[str, ModuleType], seed: int) -> dict[str, Method]:
     """Every method on identical initial weights and data (one fixed batch)."""
     gen = torch.Generator().manual_seed(seed)
@@ -259,6 +281,10 @@ def build_methods(spec: SizeSpec, libs: dict[str, ModuleType], seed: int) -> dic
     }
     for role, lib in libs.items():
         methods[role] = LibraryMethod(lib, copy.deepcopy(template), spec, x, y)
+    if "library" in libs and libs["library"].__name__ == "cooper_like":
+        methods["library_public_calls"] = LibraryPublicCalls(
+            libs["library"], copy.deepcopy(template), spec, x, y
+        )
     return methods
 
 
@@ -375,10 +401,13 @@ def main(argv: list[str] | None = None) -> int:
         print(file=sys.stderr)
         ratios = {
             role: [t / h for t, h in zip(times[role], times["hand"])] if role in times else []
-            for role in ("library", "baseline", "hand_torch_dual", "hand_lean_calls")
+            for role in ("library", "library_public_calls", "baseline", "hand_torch_dual", "hand_lean_calls")
         }
         machinery = [t / h for t, h in zip(times["library"], times["hand_lean_calls"])]
         lib_ratio = median(ratios["library"])
+        ordered = sorted(ratios["library"])
+        upper_quartile = ordered[(3 * len(ordered)) // 4]
+        met = lib_ratio <= TARGET_RATIO and upper_quartile <= TARGET_UPPER_QUARTILE
         rows.append(
             [
                 spec.description,
@@ -386,11 +415,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"{median(times['library']):.1f}",
                 f"{median(times['baseline']):.1f}" if "baseline" in times else "skipped",
                 fmt_ratio(ratios["library"]),
+                fmt_ratio(ratios["library_public_calls"]),
                 fmt_ratio(ratios["baseline"]),
                 fmt_ratio(ratios["hand_torch_dual"]),
                 fmt_ratio(machinery),
-                f"<= {TARGET_RATIO:.2f}",
-                "met" if lib_ratio <= TARGET_RATIO else "NOT met",
+                f"median <= {TARGET_RATIO:.2f}, Q3 <= {TARGET_UPPER_QUARTILE:.2f}",
+                "met" if met else "NOT met",
             ]
         )
 
@@ -400,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{labels['library']} us/step",
         f"{labels['baseline']} us/step",
         f"{labels['library']}/hand",
+        f"{labels['library']} with public torch calls only/hand",
         f"{labels['baseline']}/hand",
         "hand with torch SGD dual/hand (floor)",
         f"{labels['library']}/hand with lean torch calls (machinery only)",

@@ -60,6 +60,7 @@ class ExplicitMultiplier(Multiplier):
     """
 
     weight: torch.nn.Parameter
+    _observed_rows: torch.Tensor | None
 
     def __init__(
         self,
@@ -73,7 +74,7 @@ class ExplicitMultiplier(Multiplier):
         super().__init__()
         self.weight = torch.nn.Parameter(initial_multiplier_values(num_constraints, init, device, dtype))
         self.restart_on_feasible = restart_on_feasible
-        self._observed_rows: torch.Tensor | None = None
+        self.__dict__["_observed_rows"] = None  # plain attribute: skips nn.Module.__setattr__ on the hot path
 
     @property
     def device(self) -> torch.device:
@@ -119,9 +120,17 @@ class ExplicitMultiplier(Multiplier):
     def add_dual_gradient_(self, violation: torch.Tensor, constraint_features: torch.Tensor | None) -> None:
         r"""Accumulate :math:`\partial(\lambda^\top g)/\partial\lambda = g` into ``weight.grad``."""
 
+    #: Whether the multiplier records which rows each dual gradient touches (an indexed multiplier does;
+    #: a dense one observes every row at every step).
+    tracks_observed_rows: bool = False
+
+    def gradient(self) -> torch.Tensor | None:
+        """``weight.grad`` (read without ``nn.Module`` attribute lookup, which is slow on a hot path)."""
+        return self._parameters["weight"].grad  # type: ignore[union-attr]
+
     def clear_observed_(self) -> None:
         """Forget the observed rows (called when a dual gradient is written onto a cleared gradient)."""
-        self._observed_rows = None
+        self.__dict__["_observed_rows"] = None
 
     def note_observed_(self, constraint_features: torch.Tensor | None) -> None:
         """Record the rows of one dual measurement, before its gradient is written."""
@@ -200,6 +209,7 @@ class IndexedMultiplier(ExplicitMultiplier):
     """
 
     expects_constraint_features = True
+    tracks_observed_rows = True
 
     def __init__(
         self,
@@ -265,7 +275,7 @@ class IndexedMultiplier(ExplicitMultiplier):
     def note_observed_(self, constraint_features: torch.Tensor | None) -> None:
         rows = self._rows(constraint_features)
         previous = self._observed_rows
-        self._observed_rows = rows if previous is None else torch.cat([previous, rows])
+        self.__dict__["_observed_rows"] = rows if previous is None else torch.cat([previous, rows])
 
 
 def check_row_bounds(rows: torch.Tensor, num_rows: int, what: str) -> None:

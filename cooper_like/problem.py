@@ -94,7 +94,8 @@ class LagrangianStore:
         self.__dict__["_direct_terms"].append(
             DirectDualTerm(multiplier, snapshot, strict_violation, strict_features)
         )
-        self.__dict__["_observations"].append((multiplier, strict_features))
+        if multiplier.tracks_observed_rows:
+            self.__dict__["_observations"].append((multiplier, strict_features))
 
     def add_contribution(self, term: torch.Tensor) -> None:
         """Add a differentiable term to the value (without reading the pending direct terms)."""
@@ -102,7 +103,8 @@ class LagrangianStore:
 
     def note_observation(self, multiplier: ExplicitMultiplier, features: torch.Tensor | None) -> None:
         """Record that ``multiplier`` gets a dual gradient at ``features`` through autograd."""
-        self.__dict__["_observations"].append((multiplier, features))
+        if multiplier.tracks_observed_rows:
+            self.__dict__["_observations"].append((multiplier, features))
 
     def differentiable_part(self) -> torch.Tensor | None:
         """The value without the pending direct terms (what autograd will back-propagate)."""
@@ -116,8 +118,8 @@ class LagrangianStore:
         gradient (:meth:`~cooper_like.multipliers.ExplicitMultiplier.observed_rows`).
         """
         observations = self.__dict__["_observations"]
-        for multiplier, _ in observations:
-            if multiplier.weight.grad is None:
+        for multiplier, _ in observations:  # rows are recorded since the gradient was last cleared
+            if multiplier.gradient() is None:
                 multiplier.clear_observed_()
         for multiplier, features in observations:
             multiplier.note_observed_(features)
@@ -301,8 +303,8 @@ class ConstrainedMinimizationProblem(abc.ABC):
 
     def is_registered(self, constraint: Constraint) -> bool:
         """Whether ``constraint`` is registered on this problem (one dictionary lookup)."""
-        name = constraint.name
-        return name is not None and self._registry().get(name) is constraint
+        registry = self.__dict__.get("_constraints") or self._registry()
+        return registry.get(constraint._name) is constraint  # type: ignore[arg-type]
 
     def named_constraints(self) -> Iterator[tuple[str, Constraint]]:
         yield from self._registry().items()

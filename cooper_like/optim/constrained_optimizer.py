@@ -105,7 +105,7 @@ class ConstrainedOptimizer(CooperOptimizer):
 
     def moves_only_observed_rows(self, multiplier: ExplicitMultiplier) -> bool:
         """Whether the last dual step moved only the rows observed by ``multiplier``'s sparse gradient."""
-        gradient = multiplier.weight.grad
+        gradient = multiplier.gradient()
         if gradient is None or not gradient.is_sparse:
             return False
         assert self.dual_optimizers is not None

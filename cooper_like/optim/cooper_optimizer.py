@@ -138,41 +138,44 @@ class CooperOptimizer(abc.ABC):
           that contributes to the primal update but does not require grad (it cannot move the model): a
           ``UserWarning``, once per constraint.
         """
-        problem = type(self.cmp).__name__
         if not isinstance(cmp_state, CMPState):
-            raise TypeError(f"{problem}.{source} must return a CMPState, got {type(cmp_state).__name__}")
-        for constraint in cmp_state.observed_constraints:
-            if not self.cmp.is_registered(constraint):
-                raise UnregisteredConstraintError(
-                    f"{problem}.{source} measured a constraint that is not registered on the problem "
-                    f"({constraint!r}); assign it as an attribute in __init__ (self.name = Constraint(...)) "
-                    "so that its multiplier is a dual parameter"
-                )
-        if not for_primal_update:
-            return
+            raise TypeError(
+                f"{type(self.cmp).__name__}.{source} must return a CMPState, got {type(cmp_state).__name__}"
+            )
         loss = cmp_state.loss
-        if loss is not None and (not isinstance(loss, torch.Tensor) or loss.numel() != 1):
+        if (
+            for_primal_update
+            and loss is not None
+            and (not isinstance(loss, torch.Tensor) or loss.numel() != 1)
+        ):
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise ValueError(
-                f"{problem}.{source} returned a loss of shape {shape}: CMPState.loss must be a scalar "
-                "tensor (reduce it, e.g. with .mean())"
+                f"{type(self.cmp).__name__}.{source} returned a loss of shape {shape}: CMPState.loss must be "
+                "a scalar tensor (reduce it, e.g. with .mean())"
             )
-        if not torch.is_grad_enabled():
-            return
+        check_gradients = for_primal_update and torch.is_grad_enabled()
         for constraint, state in cmp_state.observed_constraints.items():
-            if (
-                state.contributes_to_primal_update
-                and not state.violation.requires_grad
-                and constraint.name not in self._warned_constant_violations
-            ):
-                self._warned_constant_violations.add(constraint.name)
-                warnings.warn(
-                    f"the violation of constraint {constraint.name!r} does not require grad, so it cannot "
-                    "move the model; compute it from the parameters, or pass "
-                    "contributes_to_primal_update=False if it only drives the multiplier",
-                    UserWarning,
-                    stacklevel=4,
+            if not self.cmp.is_registered(constraint):
+                raise UnregisteredConstraintError(
+                    f"{type(self.cmp).__name__}.{source} measured a constraint that is not registered on the "
+                    f"problem ({constraint!r}); assign it as an attribute in __init__ "
+                    "(self.name = Constraint(...)) so that its multiplier is a dual parameter"
                 )
+            if check_gradients and state.contributes_to_primal_update and not state.violation.requires_grad:
+                self.warn_constant_violation(constraint.name)
+
+    def warn_constant_violation(self, name: str | None) -> None:
+        """Warn, once per constraint, that a violation cannot move the model (it does not require grad)."""
+        if name in self._warned_constant_violations:
+            return
+        self._warned_constant_violations.add(name)
+        warnings.warn(
+            f"the violation of constraint {name!r} does not require grad, so it cannot move the model; "
+            "compute it from the parameters, or pass contributes_to_primal_update=False if it only drives "
+            "the multiplier",
+            UserWarning,
+            stacklevel=5,
+        )
 
     def synchronize(self, cmp_state: CMPState) -> CMPState:
         """``cmp_state`` with global dual measurements when distributed training is on, else unchanged."""
