@@ -384,4 +384,4 @@ def synchronize_dual_measurements(cmp_state: CMPState) -> CMPState:
         observed[item.constraint] = dataclasses.replace(
             item.state, strict_violation=global_strict, strict_constraint_features=global_features
         )
-    return CMPState(loss=cmp_state.loss, observed_constraints=observed, misc=cmp_state.misc)
+    return dataclasses.replace(cmp_state, observed_constraints=observed)  # keeps a user's CMPState subclass

@@ -9,6 +9,7 @@ multipliers (violations detached), where :math:`\tilde g` is the strict violatio
 from __future__ import annotations
 
 import abc
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
@@ -73,7 +74,8 @@ def augmented_lagrangian_term(
 # ---------------------------------------------------------------------------------------------------
 
 
-_DECLARES_VIOLATION_GRADIENT = "_declares_violation_dual_gradient"
+#: The functions declared by :func:`violation_is_dual_gradient` (by identity: a wrapper of one is not).
+_VIOLATION_GRADIENT_METHODS: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
 
 DualContribution = TypeVar("DualContribution", bound=Callable[..., Any])
 
@@ -85,7 +87,7 @@ def violation_is_dual_gradient(method: DualContribution) -> DualContribution:
     back-propagating the contribution (same result, no autograd graph). Undeclared overrides go through
     autograd.
     """
-    setattr(method, _DECLARES_VIOLATION_GRADIENT, True)
+    _VIOLATION_GRADIENT_METHODS.add(method)
     return method
 
 
@@ -145,8 +147,9 @@ class Formulation(abc.ABC):
         subclass that overrides :meth:`compute_contribution_to_dual_lagrangian` goes through autograd
         on what its override returns, unless it declares the same.
         """
-        method = type(self).compute_contribution_to_dual_lagrangian
-        return bool(getattr(method, _DECLARES_VIOLATION_GRADIENT, False))
+        if "compute_contribution_to_dual_lagrangian" in vars(self):  # overridden on the instance
+            return False
+        return type(self).compute_contribution_to_dual_lagrangian in _VIOLATION_GRADIENT_METHODS
 
     def sanity_check_multiplier(self, multiplier: Multiplier | None) -> None:
         """Raise unless a multiplier is given exactly when the formulation uses one."""

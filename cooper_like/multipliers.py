@@ -136,8 +136,16 @@ class ExplicitMultiplier(Multiplier):
         """Record the rows of one dual measurement, before its gradient is written."""
 
     def observed_rows(self) -> torch.Tensor | None:
-        """Rows with a dual gradient since ``weight.grad`` was last ``None`` (possibly repeated);
-        ``None`` means every row."""
+        """The rows that have a dual gradient; ``None`` means every row (or, see below, unknown).
+
+        A sparse gradient names its rows itself (read from its indices, whoever wrote it). For a dense
+        gradient of a multiplier that :attr:`tracks_observed_rows`, they are the rows
+        :meth:`~cooper_like.LagrangianStore.backward` recorded since the gradient was last ``None``
+        (possibly repeated), ``None`` if none was recorded.
+        """
+        gradient = self.gradient()
+        if gradient is not None and gradient.is_sparse:
+            return gradient.coalesce().indices()[0]
         return self._observed_rows
 
     def post_step_(self, observed_rows_only: bool = False) -> None:

@@ -67,13 +67,14 @@ class LagrangianStore:
 
     def _value_with_direct_terms(self) -> torch.Tensor | None:
         value: torch.Tensor | None = self.__dict__["_value"]
-        for term in self.__dict__["_direct_terms"]:
-            live = multiplier_forward(term.multiplier, term.constraint_features)
-            # The value of the snapshot, the gradient of the live multiplier: d/dλ of λᵀg̃ is g̃.
-            differentiable = term.multiplier_value + (live - live.detach()).reshape(
-                term.multiplier_value.shape
-            )
-            value = accumulate(value, lagrangian_term(differentiable, term.violation))
+        with torch.enable_grad():  # a read under no_grad must not lose the terms' gradient
+            for term in self.__dict__["_direct_terms"]:
+                live = multiplier_forward(term.multiplier, term.constraint_features)
+                # The value of the snapshot, the gradient of the live multiplier: d/dλ of λᵀg̃ is g̃.
+                differentiable = term.multiplier_value + (live - live.detach()).reshape(
+                    term.multiplier_value.shape
+                )
+                value = accumulate(value, lagrangian_term(differentiable, term.violation))
         self.__dict__["_value"] = value
         self.__dict__["_direct_terms"] = []
         return value
@@ -123,11 +124,17 @@ class LagrangianStore:
                 multiplier.clear_observed_()
         for multiplier, features in observations:
             multiplier.note_observed_(features)
-        for term in self.__dict__["_direct_terms"]:
+        direct_terms = self.__dict__["_direct_terms"]
+        for term in direct_terms:
             term.multiplier.add_dual_gradient_(term.violation, term.constraint_features)
         value = self.__dict__["_value"]
         if value is not None and value.requires_grad:
             value.backward()
+        if direct_terms:  # their gradient is written: from now on they are constants of the value
+            for term in direct_terms:
+                value = accumulate(value, lagrangian_term(term.multiplier_value, term.violation))
+            self.__dict__["_value"] = value
+            self.__dict__["_direct_terms"] = []
 
     def observed_multiplier_values(self) -> Iterator[torch.Tensor]:
         yield from self.multiplier_values.values()

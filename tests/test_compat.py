@@ -188,3 +188,10 @@ def test_a_constant_violation_warns_once_per_constraint() -> None:
         optimizer.roll({"x": x})
         optimizer.roll({"x": x})
     assert len([w for w in record if "does not require grad" in str(w.message)]) == 1
+
+
+def test_an_empty_sequence_of_optimizers_is_refused() -> None:
+    problem = OneBound()
+    dual = torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True)
+    with pytest.raises(ValueError, match="primal_optimizers must hold at least one"):
+        cooper.optim.SimultaneousOptimizer(problem, [], dual)

@@ -280,3 +280,104 @@ def test_a_replaced_dual_store_keeps_the_multiplier_gradient() -> None:
     store = problem.compute_cmp_state(x).compute_dual_lagrangian()
     dataclasses.replace(store).backward()
     assert problem.at_one.multiplier.weight.grad.tolist() == [1.0]
+
+
+# --- Found in review: paths around LagrangianStore.backward() ------------------------------------------
+
+
+def indexed_problem(sparse_grad: bool = True, restart: bool = False) -> FixedViolations:
+    return FixedViolations(
+        torch.tensor([1.0, 1.0, 1.0]), sparse_grad=sparse_grad, restart_on_feasible=restart
+    )
+
+
+def test_reading_the_dual_value_under_no_grad_keeps_its_gradient() -> None:
+    problem = indexed_problem()
+    x = torch.zeros(1, requires_grad=True)
+    store = problem.compute_cmp_state(x, torch.tensor([1]), torch.tensor([2.0])).compute_dual_lagrangian()
+    with torch.no_grad():
+        assert store.lagrangian.item() == 2.0  # λ₁ g₁ = 1 · 2, read for logging
+    store.backward()
+    assert problem.rows.multiplier.weight.grad.to_dense().flatten().tolist() == [0.0, 2.0, 0.0]
+    assert store.lagrangian.item() == 2.0  # after backward the term is a constant of the value
+
+
+@pytest.mark.parametrize("route", ["lagrangian.backward()", "dataclasses.replace"])
+def test_the_projection_covers_the_rows_the_gradient_names(route: str) -> None:
+    """A gradient written outside store.backward() still names its rows: they are projected."""
+    problem = indexed_problem()
+    x = torch.zeros(1, requires_grad=True)
+    dual = torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True)
+    optimizer = cooper.optim.SimultaneousOptimizer(problem, torch.optim.SGD([x], lr=0.1), dual)
+    store = problem.compute_cmp_state(x, torch.tensor([2]), torch.tensor([-5.0])).compute_dual_lagrangian()
+    if route == "lagrangian.backward()":
+        store.lagrangian.backward()
+    else:
+        dataclasses.replace(store).backward()
+    optimizer.dual_step()
+    assert problem.rows.multiplier.weight.flatten().tolist() == [1.0, 1.0, 0.0]
+
+
+def test_restarts_without_known_rows_stop_before_any_update() -> None:
+    problem = indexed_problem(sparse_grad=False, restart=True)
+    x = torch.zeros(1, requires_grad=True)
+    dual = torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True)
+    optimizer = cooper.optim.SimultaneousOptimizer(problem, torch.optim.SGD([x], lr=0.1), dual)
+    store = problem.compute_cmp_state(x, torch.tensor([2]), torch.tensor([-5.0])).compute_dual_lagrangian()
+    store.lagrangian.backward()  # a dense gradient: rows 0 and 1 look "satisfied" (gradient 0)
+    with pytest.raises(RuntimeError, match="dual restarts of constraint 'rows'.*call store.backward"):
+        optimizer.dual_step()
+    assert problem.rows.multiplier.weight.flatten().tolist() == [1.0, 1.0, 1.0]
+
+
+def test_restarts_leave_earlier_rows_alone_when_gradients_are_zeroed_in_place() -> None:
+    """zero_grad(set_to_none=False) keeps a gradient tensor: rows observed last step are not observed now."""
+    problem = indexed_problem(sparse_grad=False, restart=True)
+    x = torch.zeros(1, requires_grad=True)
+    dual = torch.optim.SGD(problem.dual_parameters(), lr=0.5, maximize=True)
+    optimizer = cooper.optim.SimultaneousOptimizer(problem, torch.optim.SGD([x], lr=0.1), dual)
+    for rows, violation in (
+        (torch.tensor([0]), torch.tensor([1.0])),
+        (torch.tensor([1]), torch.tensor([1.0])),
+    ):
+        dual.zero_grad(set_to_none=False)
+        problem.compute_cmp_state(x, rows, violation).compute_dual_lagrangian().backward()
+        optimizer.dual_step()
+    # row 0 was observed (and violated) at the first step only: not restarted at the second
+    assert problem.rows.multiplier.weight.flatten().tolist() == [1.5, 1.5, 1.0]
+
+
+def test_an_override_on_the_instance_or_through_a_wrapper_is_honoured() -> None:
+    import functools
+
+    class Problem(cooper.ConstrainedMinimizationProblem):
+        def __init__(self) -> None:
+            super().__init__()
+            self.c = cooper.Constraint(INEQUALITY, multiplier=DenseMultiplier(num_constraints=2))
+
+        def compute_cmp_state(self, x: torch.Tensor) -> cooper.CMPState:
+            return cooper.CMPState(
+                loss=x.sum(), observed_constraints={self.c: cooper.ConstraintState(x * 1.0)}
+            )
+
+    def doubled(**kwargs: Any) -> ContributionStore:
+        store = cooper.formulations.Lagrangian.compute_contribution_to_dual_lagrangian(formulation, **kwargs)
+        return ContributionStore(2 * store.lagrangian_contribution, store.multiplier_value)
+
+    class Wrapped(cooper.formulations.Lagrangian):
+        @functools.wraps(cooper.formulations.Lagrangian.compute_contribution_to_dual_lagrangian)
+        def compute_contribution_to_dual_lagrangian(self, *args: Any, **kwargs: Any) -> ContributionStore:
+            store = super().compute_contribution_to_dual_lagrangian(*args, **kwargs)
+            return ContributionStore(2 * store.lagrangian_contribution, store.multiplier_value)
+
+    for variant in ("instance", "wrapper"):
+        problem = Problem()
+        if variant == "wrapper":
+            problem.c.formulation = Wrapped(INEQUALITY)
+        formulation = problem.c.formulation
+        if variant == "instance":
+            formulation.compute_contribution_to_dual_lagrangian = doubled  # type: ignore[method-assign]
+        assert not formulation.dual_gradient_is_violation
+        x = torch.tensor([1.5, -0.5], requires_grad=True)
+        problem.compute_cmp_state(x).compute_dual_lagrangian().backward()
+        assert problem.c.multiplier.weight.grad.tolist() == [3.0, -1.0], variant

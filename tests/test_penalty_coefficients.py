@@ -166,3 +166,25 @@ def test_coefficient_state_dict_and_to() -> None:
         fresh.init, torch.tensor([1.0, 2.0])
     )
     assert fresh.to(torch.float64).value.dtype == torch.float64
+
+
+def test_set_rows_needs_a_coefficient_per_row() -> None:
+    scalar = cooper.penalty_coefficients.IndexedPenaltyCoefficient(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="the coefficient is a scalar"):
+        scalar.set_rows_(torch.tensor([0]), torch.tensor([2.0]))
+    vector = cooper.penalty_coefficients.IndexedPenaltyCoefficient(torch.ones(3))
+    with pytest.raises(ValueError, match="must be >= 0"):
+        vector.set_rows_(torch.tensor([0]), torch.tensor([-2.0]))
+    with pytest.raises(IndexError, match=r"rows must lie in \[0, 3\)"):
+        vector.set_rows_(torch.tensor([5]), torch.tensor([2.0]))
+
+
+def test_indexed_updates_need_the_observed_ids() -> None:
+    constraint = cooper.Constraint(
+        cooper.ConstraintType.INEQUALITY,
+        formulation_type=cooper.formulations.QuadraticPenalty,
+        penalty_coefficient=cooper.penalty_coefficients.IndexedPenaltyCoefficient(torch.ones(3)),
+    )
+    updater = cooper.penalty_coefficients.MultiplicativePenaltyCoefficientUpdater()
+    with pytest.raises(ValueError, match="constraint_features .* are required"):
+        updater.update_penalty_coefficient_(constraint, cooper.ConstraintState(violation=torch.ones(2)))

@@ -86,6 +86,7 @@ class ConstrainedOptimizer(CooperOptimizer):
         same update, without ``Optimizer.step``'s per-call overhead).
         """
         assert self.dual_optimizers is not None
+        self.check_restart_rows_known()
         for optimizer in self.dual_optimizers:
             if not plain_ascent_step_(optimizer):
                 with torch.no_grad():
@@ -102,6 +103,29 @@ class ConstrainedOptimizer(CooperOptimizer):
             if multiplier.restart_on_feasible:
                 restart_feasible_entries_(multiplier, self.dual_optimizers)
             multiplier.post_step_(observed_rows_only=self.moves_only_observed_rows(multiplier))
+            multiplier.clear_observed_()  # the record served this step; never carried into the next
+
+    def check_restart_rows_known(self) -> None:
+        """Raise, before any update, if a restarting multiplier's observed rows cannot be known.
+
+        That is a dense gradient of an indexed multiplier written outside
+        :meth:`~cooper_like.LagrangianStore.backward` (e.g. ``store.lagrangian.backward()``): its
+        unobserved rows have a zero gradient and would be taken for satisfied constraints.
+        """
+        for constraint in self.cmp.constraints():
+            multiplier = constraint.multiplier
+            if (
+                isinstance(multiplier, ExplicitMultiplier)
+                and multiplier.restart_on_feasible
+                and multiplier.tracks_observed_rows
+                and multiplier.gradient() is not None
+                and multiplier.observed_rows() is None
+            ):
+                raise RuntimeError(
+                    f"dual restarts of constraint {constraint.name!r}: its multiplier has a dense gradient "
+                    "whose observed rows are unknown (it was not written by LagrangianStore.backward()); "
+                    "call store.backward(), or build the multiplier with sparse_grad=True"
+                )
 
     def moves_only_observed_rows(self, multiplier: ExplicitMultiplier) -> bool:
         """Whether the last dual step moved only the rows observed by ``multiplier``'s sparse gradient."""

@@ -325,7 +325,7 @@ class ExtragradientOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def reset_state_rows_(self, param: torch.Tensor, rows: torch.Tensor) -> None:
-        """Zero the base method's statistics (:attr:`row_state_keys`) at ``rows`` (dual restarts).
+        r"""Zero the base method's statistics (:attr:`row_state_keys`) at ``rows`` (dual restarts).
 
         The remembered iterate :math:`\theta_t` is kept: a pending :meth:`step` still starts from it.
         """
