@@ -68,12 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=100, help="steps counted after the warm-up (100)")
     parser.add_argument("--sizes", nargs="+", default=["small", "large"], choices=["small", "large"])
+    parser.add_argument(
+        "--methods", nargs="+", default=list(METHODS), choices=METHODS, help="hand is always run"
+    )
     parser.add_argument("--out", nargs="?", const=str(DEFAULT_OUT), default=None, metavar="PATH")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("error: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
-    methods = [m for m in METHODS if m != "baseline" or import_library("cooper")[0] is not None]
+    wanted = {"hand", *args.methods}
+    methods = [
+        m for m in METHODS if m in wanted and (m != "baseline" or import_library("cooper")[0] is not None)
+    ]
     header = ["size", *(f"{m} instr/step" for m in methods), *(f"{m}/hand" for m in methods[1:])]
     rows = []
     for size in args.sizes:

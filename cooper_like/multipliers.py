@@ -4,7 +4,8 @@ A multiplier is an ``nn.Module`` whose parameters are optimized by a *dual optim
 ``torch.optim.Optimizer`` with ``maximize=True``). The gradient of the dual Lagrangian
 :math:`\sum_i \lambda_i g_i` with respect to :math:`\lambda_i` is the violation :math:`g_i` itself, so
 explicit multipliers receive it directly (:meth:`ExplicitMultiplier.add_dual_gradient_`) without a
-backward pass; only :class:`ImplicitMultiplier` models go through autograd.
+backward pass when their formulation declares it (the built-in ones do); :class:`ImplicitMultiplier`
+models, and formulations that declare nothing, go through autograd.
 """
 
 from __future__ import annotations
