@@ -40,6 +40,7 @@ class _LagrangianValue:
     def __set__(self, store: LagrangianStore, value: torch.Tensor | None) -> None:
         store.__dict__["_value"] = value
         store.__dict__["_direct_terms"] = []
+        store.__dict__.pop("_written_terms", None)
 
 
 @dataclass
@@ -67,6 +68,8 @@ class LagrangianStore:
 
     def _value_with_direct_terms(self) -> torch.Tensor | None:
         value: torch.Tensor | None = self.__dict__["_value"]
+        for term in self.__dict__.pop("_written_terms", ()):
+            value = accumulate(value, lagrangian_term(term.multiplier_value, term.violation))
         with torch.enable_grad():  # a read under no_grad must not lose the terms' gradient
             for term in self.__dict__["_direct_terms"]:
                 live = multiplier_forward(term.multiplier, term.constraint_features)
@@ -130,10 +133,8 @@ class LagrangianStore:
         value = self.__dict__["_value"]
         if value is not None and value.requires_grad:
             value.backward()
-        if direct_terms:  # their gradient is written: from now on they are constants of the value
-            for term in direct_terms:
-                value = accumulate(value, lagrangian_term(term.multiplier_value, term.violation))
-            self.__dict__["_value"] = value
+        if direct_terms:  # their gradient is written: a later read adds them as constants (no graph)
+            self.__dict__["_written_terms"] = direct_terms
             self.__dict__["_direct_terms"] = []
 
     def observed_multiplier_values(self) -> Iterator[torch.Tensor]:
