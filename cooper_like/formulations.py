@@ -9,7 +9,6 @@ multipliers (violations detached), where :math:`\tilde g` is the strict violatio
 from __future__ import annotations
 
 import abc
-import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
@@ -75,7 +74,7 @@ def augmented_lagrangian_term(
 
 
 #: The functions declared by :func:`violation_is_dual_gradient` (by identity: a wrapper of one is not).
-_VIOLATION_GRADIENT_METHODS: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+_VIOLATION_GRADIENT_METHODS: set[Callable[..., Any]] = set()
 
 DualContribution = TypeVar("DualContribution", bound=Callable[..., Any])
 

@@ -68,6 +68,8 @@ class LagrangianStore:
 
     def _value_with_direct_terms(self) -> torch.Tensor | None:
         value: torch.Tensor | None = self.__dict__["_value"]
+        if not self.__dict__["_direct_terms"] and "_written_terms" not in self.__dict__:
+            return value  # nothing pending (always so for a primal store)
         for term in self.__dict__.pop("_written_terms", ()):
             value = accumulate(value, lagrangian_term(term.multiplier_value, term.violation))
         with torch.enable_grad():  # a read under no_grad must not lose the terms' gradient
