@@ -6,7 +6,7 @@ from typing import Literal
 
 from cooper_like.constraint_state import ConstraintState, ConstraintType
 from cooper_like.exceptions import ArgumentTypeError
-from cooper_like.formulations import ContributionStore, Formulation, Lagrangian
+from cooper_like.formulations import ContributionStore, Formulation, Lagrangian, contribution_kwargs
 from cooper_like.multipliers import Multiplier
 from cooper_like.penalty_coefficients import PenaltyCoefficient
 
@@ -69,7 +69,9 @@ class Constraint:
     ) -> ContributionStore | None:
         """This constraint's contribution to the primal Lagrangian."""
         return self.formulation.compute_contribution_to_primal_lagrangian(
-            constraint_state, self.multiplier, self.penalty_coefficient
+            **contribution_kwargs(
+                self.formulation, constraint_state, self.multiplier, self.penalty_coefficient
+            )
         )
 
     def compute_contribution_to_dual_lagrangian(
@@ -77,7 +79,9 @@ class Constraint:
     ) -> ContributionStore | None:
         """This constraint's contribution to the dual Lagrangian."""
         return self.formulation.compute_contribution_to_dual_lagrangian(
-            constraint_state, self.multiplier, self.penalty_coefficient
+            **contribution_kwargs(
+                self.formulation, constraint_state, self.multiplier, self.penalty_coefficient
+            )
         )
 
     def compute_contribution_to_lagrangian(

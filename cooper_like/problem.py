@@ -13,7 +13,7 @@ import torch
 
 from cooper_like.constraint_state import ConstraintState
 from cooper_like.constraints import Constraint
-from cooper_like.formulations import contribution_kwargs, lagrangian_term
+from cooper_like.formulations import lagrangian_term
 from cooper_like.multipliers import ExplicitMultiplier, Multiplier
 from cooper_like.penalty_coefficients import PenaltyCoefficient
 
@@ -217,10 +217,7 @@ def add_primal_contribution(
     store: LagrangianStore, lagrangian: torch.Tensor | None, constraint: Constraint, state: ConstraintState
 ) -> torch.Tensor | None:
     """``lagrangian`` plus the constraint's primal contribution (recorded in ``store``), if it has one."""
-    formulation = constraint.formulation
-    contribution = formulation.compute_contribution_to_primal_lagrangian(
-        **contribution_kwargs(formulation, state, constraint.multiplier, constraint.penalty_coefficient)
-    )
+    contribution = constraint.compute_contribution_to_primal_lagrangian(state)
     if contribution is None:
         return lagrangian
     record_values(store, constraint, contribution.multiplier_value, contribution.penalty_coefficient_value)
@@ -243,9 +240,7 @@ def add_dual_contribution(store: LagrangianStore, constraint: Constraint, state:
     if isinstance(multiplier, ExplicitMultiplier) and formulation.dual_gradient_is_violation:
         store.add_dual_term(constraint, multiplier, state)
         return
-    contribution = formulation.compute_contribution_to_dual_lagrangian(
-        **contribution_kwargs(formulation, state, multiplier, constraint.penalty_coefficient)
-    )
+    contribution = constraint.compute_contribution_to_dual_lagrangian(state)
     if contribution is None:
         return
     store.add_contribution(contribution.lagrangian_contribution)

@@ -115,6 +115,9 @@ def test_an_overridden_dual_contribution_is_honoured() -> None:
     store = problem.compute_cmp_state(x).compute_dual_lagrangian()
     store.backward()
     assert problem.c.multiplier.weight.grad.tolist() == [3.0, -1.0]
+    # Cooper's entry point on the constraint calls the override with Cooper's keyword arguments too
+    contribution = problem.c.compute_contribution_to_lagrangian(cooper.ConstraintState(x * 1.0), "dual")
+    assert contribution is not None and contribution.lagrangian_contribution.item() == pytest.approx(0.0)
 
 
 def test_a_modified_primal_lagrangian_is_what_is_back_propagated() -> None:
