@@ -51,32 +51,42 @@ def run_interleaved(
 
     Each repeat runs one block of ``steps_per_block`` calls of every step function in turn;
     the order is rotated by one position per repeat so that no method always runs first
-    (or right after the same neighbour).  The garbage collector is run before and disabled
-    during each block.  ``max_repeats[name]`` caps the number of blocks of a slow method: it
-    takes part in the first ``max_repeats[name]`` repeats only.
+    (or right after the same neighbour).  The garbage collector runs before each block and is
+    disabled during it; the objects alive at the start are frozen (``gc.freeze()``, undone at the
+    end) so that those collections are short and short blocks are affordable.
+    ``max_repeats[name]`` caps the number of blocks of a slow method: it takes part in the first
+    ``max_repeats[name]`` repeats only.
     """
     names = list(steps)
     caps = max_repeats or {}
     times: dict[str, list[float]] = {name: [] for name in names}
-    for rep in range(repeats):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
-            if rep >= caps.get(name, repeats):
-                continue
-            step = steps[name]
-            gc.collect()
-            gc.disable()
-            try:
-                start = time.perf_counter_ns()
-                for _ in range(steps_per_block):
-                    step()
-                elapsed = time.perf_counter_ns() - start
-            finally:
-                gc.enable()
-            times[name].append(elapsed / steps_per_block / 1e3)
-        if progress is not None:
-            progress(rep)
+    gc.collect()
+    gc.freeze()
+    try:
+        for rep in range(repeats):
+            shift = rep % len(names)
+            for name in names[shift:] + names[:shift]:
+                if rep < caps.get(name, repeats):
+                    times[name].append(time_block(steps[name], steps_per_block))
+            if progress is not None:
+                progress(rep)
+    finally:
+        gc.unfreeze()
     return times
+
+
+def time_block(step: Callable[[], None], steps_per_block: int) -> float:
+    """Microseconds per call of ``step`` over one block of ``steps_per_block`` calls, collector off."""
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter_ns()
+        for _ in range(steps_per_block):
+            step()
+        elapsed = time.perf_counter_ns() - start
+    finally:
+        gc.enable()
+    return elapsed / steps_per_block / 1e3
 
 
 def median(values: Sequence[float]) -> float:

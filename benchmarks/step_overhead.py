@@ -24,7 +24,9 @@ What is measured
     timed round-robin (each repeat runs a block of ``--steps-per-block`` steps of every
     method, the order rotated per repeat) with ``torch.set_num_threads(1)`` after warm-up
     steps; the reported time is the median over repeats of the per-step time of a block,
-    the ratio is the median over repeats of the per-repeat ratio (IQR in brackets).
+    the ratio is the median over repeats of the per-repeat ratio (IQR in brackets). Short blocks
+    (10 steps) and many repeats (300) keep the two blocks of a ratio close in time, so that a slow
+    spell of a shared machine affects both.
 
     Problem sizes (batch of 128 inputs in R^64 with random labels, cross-entropy loss):
 
@@ -44,7 +46,7 @@ Target
     time(cooper_like) / time(hand): median <= 1.03 and upper quartile <= 1.05 for each size.
 
 Command
-    python benchmarks/step_overhead.py [--quick] [--repeats 30] [--steps-per-block 50] [--out [PATH]]
+    python benchmarks/step_overhead.py [--quick] [--repeats 300] [--steps-per-block 10] [--out [PATH]]
 
     (Cooper 1.0.1 must be importable as ``cooper`` for the third column, e.g. via
     ``pip install cooper-optim==1.0.1`` or ``PYTHONPATH``.)
@@ -325,9 +327,9 @@ def fmt_ratio(values: list[float]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=None, help="round-robin repeats (default 30)")
+    parser.add_argument("--repeats", type=int, default=None, help="round-robin repeats (default 300)")
     parser.add_argument(
-        "--steps-per-block", type=int, default=None, help="steps per timed block (default 50)"
+        "--steps-per-block", type=int, default=None, help="steps per timed block (default 10)"
     )
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps per method (default 50)")
     parser.add_argument("--check-steps", type=int, default=None, help="steps of the agreement check (25)")
@@ -352,8 +354,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     for name, full, small in (
-        ("repeats", 30, 6),
-        ("steps_per_block", 50, 10),
+        ("repeats", 300, 6),
+        ("steps_per_block", 10, 10),
         ("warmup", 50, 10),
         ("check_steps", 25, 10),
     ):

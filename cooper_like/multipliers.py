@@ -105,9 +105,38 @@ class ExplicitMultiplier(Multiplier):
                 f"{type(self).__name__}: restart_on_feasible=True only applies to inequality constraints"
             )
 
+    #: Whether :meth:`snapshot` depends on the observed features (an indexed multiplier's does; a dense
+    #: multiplier's snapshot is always the whole ``weight``).
+    snapshot_depends_on_features: bool = True
+
     def detached_value(self, constraint_features: torch.Tensor | None = None) -> torch.Tensor:
-        """The observed multiplier values now, as a new tensor outside the autograd graph (never cached)."""
-        return self.snapshot(constraint_features)
+        """The observed multiplier values now, as a new tensor outside the autograd graph.
+
+        A new snapshot at every call, except between ``share_snapshot_(True)`` and
+        ``share_snapshot_(False)`` (see :meth:`share_snapshot_`).
+        """
+        if not self.__dict__.get("_sharing_snapshot"):
+            return self.snapshot(constraint_features)
+        shared = self.__dict__["_shared_snapshot"]
+        if shared is None:
+            shared = self.__dict__["_shared_snapshot"] = self.snapshot(constraint_features)
+        return shared
+
+    def share_snapshot_(self, sharing: bool) -> None:
+        """Open (``True``) or close (``False``) a scope in which :meth:`detached_value` returns one snapshot.
+
+        The snapshot is taken at the first call in the scope and dropped when the scope opens or closes,
+        so it never outlives the scope. :meth:`~cooper_like.CMPState.compute_lagrangians` opens one around
+        the building of a measurement's two Lagrangians (nothing moves the multiplier in between), for
+        multipliers whose snapshot does not depend on the features
+        (:attr:`snapshot_depends_on_features` is ``False``).
+        """
+        if sharing and self.snapshot_depends_on_features:
+            raise ValueError(
+                f"{type(self).__name__}: its snapshot depends on the observed features, so it cannot be shared"
+            )
+        self.__dict__["_sharing_snapshot"] = sharing
+        self.__dict__["_shared_snapshot"] = None
 
     @abc.abstractmethod
     def snapshot(self, constraint_features: torch.Tensor | None) -> torch.Tensor:
@@ -177,6 +206,7 @@ class DenseMultiplier(ExplicitMultiplier):
     """One multiplier per constraint, all observed at every step. ``weight`` has shape ``(n,)``."""
 
     expects_constraint_features = False
+    snapshot_depends_on_features = False
 
     def forward(self) -> torch.Tensor:
         """Return a differentiable copy of all multiplier values."""

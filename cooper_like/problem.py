@@ -35,6 +35,9 @@ class _LagrangianValue:
     def __get__(self, store: LagrangianStore | None, owner: type | None = None) -> torch.Tensor | None:
         if store is None:
             return None  # the dataclass default
+        state = store.__dict__
+        if not state["_direct_terms"] and "_written_terms" not in state:
+            return state["_value"]  # nothing pending (always so for a primal store)
         return store._value_with_direct_terms()
 
     def __set__(self, store: LagrangianStore, value: torch.Tensor | None) -> None:
@@ -43,7 +46,7 @@ class _LagrangianValue:
         store.__dict__.pop("_written_terms", None)
 
 
-@dataclass
+@dataclass(init=False)
 class LagrangianStore:
     r"""A primal or dual Lagrangian with the multiplier and penalty values of the observed constraints.
 
@@ -63,13 +66,23 @@ class LagrangianStore:
     multiplier_values: dict[Constraint, torch.Tensor] = field(default_factory=dict)
     penalty_coefficient_values: dict[Constraint, torch.Tensor] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.__dict__["_observations"] = []  # (explicit multiplier, features) with a dual gradient
+    def __init__(
+        self,
+        lagrangian: torch.Tensor | None = None,
+        multiplier_values: dict[Constraint, torch.Tensor] | None = None,
+        penalty_coefficient_values: dict[Constraint, torch.Tensor] | None = None,
+    ) -> None:
+        state = self.__dict__  # written directly: the store is built twice per step
+        state["_value"] = lagrangian
+        state["_direct_terms"] = []  # pending DirectDualTerm's
+        state["_observations"] = []  # (explicit multiplier, features) with a dual gradient
+        state["multiplier_values"] = {} if multiplier_values is None else multiplier_values
+        state["penalty_coefficient_values"] = (
+            {} if penalty_coefficient_values is None else penalty_coefficient_values
+        )
 
     def _value_with_direct_terms(self) -> torch.Tensor | None:
         value: torch.Tensor | None = self.__dict__["_value"]
-        if not self.__dict__["_direct_terms"] and "_written_terms" not in self.__dict__:
-            return value  # nothing pending (always so for a primal store)
         for term in self.__dict__.pop("_written_terms", ()):
             value = accumulate(value, lagrangian_term(term.multiplier_value, term.violation))
         with torch.enable_grad():  # a read under no_grad must not lose the terms' gradient
@@ -176,11 +189,9 @@ class CMPState:
 
     def compute_primal_lagrangian(self) -> LagrangianStore:
         r""":math:`\mathcal{L}_p = f + \sum_c \text{contribution}_c`, differentiable in the primal parameters."""
-        store = LagrangianStore()
-        lagrangian = self.loss
+        store = LagrangianStore(self.loss)
         for constraint, state in self.observed_constraints.items():
-            lagrangian = add_primal_contribution(store, lagrangian, constraint, state)
-        store.lagrangian = lagrangian
+            add_primal_contribution(store, constraint, state)
         return store
 
     def compute_dual_lagrangian(self) -> LagrangianStore:
@@ -192,8 +203,24 @@ class CMPState:
 
     def compute_lagrangians(self) -> tuple[LagrangianStore, LagrangianStore]:
         """The primal and the dual Lagrangian of this measurement (what :meth:`compute_primal_lagrangian`
-        and :meth:`compute_dual_lagrangian` return)."""
-        return self.compute_primal_lagrangian(), self.compute_dual_lagrangian()
+        and :meth:`compute_dual_lagrangian` return).
+
+        Both are built from the same multiplier values, so a dense multiplier's snapshot is taken once and
+        recorded in both stores (:meth:`~cooper_like.multipliers.ExplicitMultiplier.share_snapshot_`).
+        """
+        shared = [
+            constraint.multiplier
+            for constraint in self.observed_constraints
+            if isinstance(constraint.multiplier, ExplicitMultiplier)
+            and not constraint.multiplier.snapshot_depends_on_features
+        ]
+        for multiplier in shared:
+            multiplier.share_snapshot_(True)
+        try:
+            return self.compute_primal_lagrangian(), self.compute_dual_lagrangian()
+        finally:
+            for multiplier in shared:
+                multiplier.share_snapshot_(False)
 
     def named_observed_violations(self) -> Iterator[tuple[str | None, torch.Tensor]]:
         for constraint, state in self.observed_constraints.items():
@@ -213,16 +240,13 @@ class CMPState:
             yield constraint.name, state.extract_constraint_features()[1]
 
 
-def add_primal_contribution(
-    store: LagrangianStore, lagrangian: torch.Tensor | None, constraint: Constraint, state: ConstraintState
-) -> torch.Tensor | None:
-    """``lagrangian`` plus the constraint's primal contribution (recorded in ``store``), if it has one."""
+def add_primal_contribution(store: LagrangianStore, constraint: Constraint, state: ConstraintState) -> None:
+    """Add the constraint's primal contribution (if it has one) to ``store``, with its factor values."""
     contribution = constraint.compute_contribution_to_primal_lagrangian(state)
     if contribution is None:
-        return lagrangian
+        return
     record_values(store, constraint, contribution.multiplier_value, contribution.penalty_coefficient_value)
-    term = contribution.lagrangian_contribution
-    return term if lagrangian is None else lagrangian + term
+    store.add_contribution(contribution.lagrangian_contribution)
 
 
 def add_dual_contribution(store: LagrangianStore, constraint: Constraint, state: ConstraintState) -> None:

@@ -218,3 +218,60 @@ def test_implicit_multiplier_is_trained_through_autograd() -> None:
         store.lagrangian, (multiplier(features) * violation).sum()
     )
     multiplier.post_step_()  # a no-op by default
+
+
+class _TwoConstraints(cooper.ConstrainedMinimizationProblem):
+    """One dense and one indexed multiplier, measured at a fixed violation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        ineq = cooper.ConstraintType.INEQUALITY
+        self.dense = cooper.Constraint(ineq, multiplier=DenseMultiplier(init=torch.tensor([1.0, 2.0])))
+        self.rows = cooper.Constraint(ineq, multiplier=IndexedMultiplier(init=torch.tensor([3.0, 4.0, 5.0])))
+        self.x = torch.nn.Parameter(torch.ones(2))
+
+    def compute_cmp_state(self) -> cooper.CMPState:
+        dense = cooper.ConstraintState(self.x - 2.0)
+        rows = cooper.ConstraintState(self.x.sum().reshape(1) - 1.0, constraint_features=torch.tensor([2]))
+        return cooper.CMPState(
+            loss=self.x.pow(2).sum(), observed_constraints={self.dense: dense, self.rows: rows}
+        )
+
+
+def test_a_measurements_two_lagrangians_share_one_dense_snapshot_taken_at_build_time() -> None:
+    problem = _TwoConstraints()
+    primal, dual = problem.compute_cmp_state().compute_lagrangians()
+    dense = problem.dense.multiplier
+    assert primal.multiplier_values[problem.dense] is dual.multiplier_values[problem.dense]
+    assert primal.multiplier_values[problem.rows] is not dual.multiplier_values[problem.rows]
+    with torch.no_grad():
+        dense.weight.add_(10.0)
+        problem.rows.multiplier.weight.add_(10.0)
+    # Snapshots: the stores keep the values of the measurement; the scope is closed afterwards.
+    assert primal.multiplier_values[problem.dense].tolist() == [1.0, 2.0]
+    assert dual.multiplier_values[problem.rows].flatten().tolist() == [5.0]
+    assert dense.detached_value().tolist() == [11.0, 12.0]
+    assert dense.detached_value() is not dense.detached_value()
+    # The values the stores hold are the ones the Lagrangians are built from.
+    assert float(primal.lagrangian.detach()) == pytest.approx(2.0 + 1.0 * -1.0 + 2.0 * -1.0 + 5.0 * 1.0)
+    assert float(dual.lagrangian.detach()) == pytest.approx(1.0 * -1.0 + 2.0 * -1.0 + 5.0 * 1.0)
+
+
+def test_the_shared_snapshot_scope_closes_when_building_raises() -> None:
+    problem = _TwoConstraints()
+    state = problem.compute_cmp_state()
+    state.observed_constraints[problem.rows] = cooper.ConstraintState(
+        torch.zeros(1), constraint_features=torch.tensor([7])
+    )
+    with pytest.raises(IndexError):
+        state.compute_lagrangians()
+    dense = problem.dense.multiplier
+    first = dense.detached_value()
+    with torch.no_grad():
+        dense.weight.add_(1.0)
+    assert dense.detached_value().tolist() == [v + 1.0 for v in first.tolist()]
+
+
+def test_sharing_the_snapshot_of_an_indexed_multiplier_raises() -> None:
+    with pytest.raises(ValueError, match="IndexedMultiplier: its snapshot depends on the observed features"):
+        IndexedMultiplier(num_constraints=3).share_snapshot_(True)

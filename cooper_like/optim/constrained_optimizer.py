@@ -9,7 +9,7 @@ import torch
 
 from cooper_like.constraint_state import ConstraintState
 from cooper_like.constraints import Constraint
-from cooper_like.multipliers import ExplicitMultiplier
+from cooper_like.multipliers import ExplicitMultiplier, Multiplier
 from cooper_like.optim.cooper_optimizer import CooperOptimizer
 from cooper_like.optim.dual_restarts import restart_feasible_entries_
 from cooper_like.optim.non_finite import NonFinitePolicy
@@ -86,34 +86,37 @@ class ConstrainedOptimizer(CooperOptimizer):
         same update, without ``Optimizer.step``'s per-call overhead).
         """
         assert self.dual_optimizers is not None
-        self.check_restart_rows_known()
+        multipliers = self.cmp.unique_multipliers()
+        self.check_restart_rows_known(multipliers)
         for optimizer in self.dual_optimizers:
             if not plain_ascent_step_(optimizer):
                 with torch.no_grad():
                     optimizer.step()
-        self.post_process_multipliers()
+        self.post_process_multipliers(multipliers)
 
-    def post_process_multipliers(self) -> None:
-        """Restart (where enabled) and project every multiplier of the problem."""
+    def post_process_multipliers(self, multipliers: list[Multiplier] | None = None) -> None:
+        """Restart (where enabled) and project every multiplier of the problem (or those given)."""
         assert self.dual_optimizers is not None
-        for multiplier in self.cmp.unique_multipliers():
+        for multiplier in self.cmp.unique_multipliers() if multipliers is None else multipliers:
             if not isinstance(multiplier, ExplicitMultiplier):
                 multiplier.post_step_()
                 continue
             if multiplier.restart_on_feasible:
                 restart_feasible_entries_(multiplier, self.dual_optimizers)
+            if not multiplier.tracks_observed_rows:  # every row is observed at every step
+                multiplier.post_step_()
+                continue
             multiplier.post_step_(observed_rows_only=self.moves_only_observed_rows(multiplier))
             multiplier.clear_observed_()  # the record served this step; never carried into the next
 
-    def check_restart_rows_known(self) -> None:
+    def check_restart_rows_known(self, multipliers: list[Multiplier] | None = None) -> None:
         """Raise, before any update, if a restarting multiplier's observed rows cannot be known.
 
         That is a dense gradient of an indexed multiplier written outside
         :meth:`~cooper_like.LagrangianStore.backward` (e.g. ``store.lagrangian.backward()``): its
         unobserved rows have a zero gradient and would be taken for satisfied constraints.
         """
-        for constraint in self.cmp.constraints():
-            multiplier = constraint.multiplier
+        for multiplier in self.cmp.unique_multipliers() if multipliers is None else multipliers:
             if (
                 isinstance(multiplier, ExplicitMultiplier)
                 and multiplier.restart_on_feasible
@@ -121,8 +124,9 @@ class ConstrainedOptimizer(CooperOptimizer):
                 and multiplier.gradient() is not None
                 and multiplier.observed_rows() is None
             ):
+                names = [c.name for c in self.cmp.constraints() if c.multiplier is multiplier]
                 raise RuntimeError(
-                    f"dual restarts of constraint {constraint.name!r}: its multiplier has a dense gradient "
+                    f"dual restarts of constraint(s) {names}: the multiplier has a dense gradient "
                     "whose observed rows are unknown (it was not written by LagrangianStore.backward()); "
                     "call store.backward(), or build the multiplier with sparse_grad=True"
                 )
