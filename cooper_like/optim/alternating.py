@@ -98,16 +98,19 @@ class AlternatingDualPrimalOptimizer(ConstrainedOptimizer):
     def roll(self, compute_cmp_state_kwargs: dict[str, Any] | None = None) -> RollOut:
         """Dual step at :math:`\\theta_t`, then primal step at :math:`(\\theta_t, \\lambda_{t+1})`."""
         self.zero_grad()
-        cmp_state = self.evaluate(compute_cmp_state_kwargs)
+        communicate = self.communicates()
+        cmp_state = self.evaluate(compute_cmp_state_kwargs, communicate=communicate)
         dual_store = cmp_state.compute_dual_lagrangian()
         # no primal store yet: the guard checks the loss and every violation before anything moves
-        if not self.guard.admits(cmp_state, None, dual_store):
+        if not self.guard.admits(cmp_state, None, dual_store, communicate=communicate):
             return RollOut(cmp_state.loss, cmp_state, cmp_state.compute_primal_lagrangian(), dual_store)
         dual_store.backward()
         self.dual_step()
         self.update_penalty_coefficients(cmp_state.observed_constraints)
         primal_store = cmp_state.compute_primal_lagrangian()
-        if self.guard.admits(cmp_state, primal_store, None, already_applied="dual step"):
+        if self.guard.admits(
+            cmp_state, primal_store, None, already_applied="dual step", communicate=communicate
+        ):
             primal_store.backward()
             self.primal_step()
         return RollOut(cmp_state.loss, cmp_state, primal_store, dual_store)

@@ -117,16 +117,18 @@ class CooperOptimizer(abc.ABC):
         *,
         for_dual_update: bool = True,
         for_primal_update: bool = True,
+        communicate: bool | None = None,
     ) -> CMPState:
         """Call ``cmp.compute_cmp_state(**kwargs)`` and check what it returned (:meth:`check_measurement`).
 
         In distributed training (see ``distributed``) and when the measurement will drive a dual update,
         its strict violations are replaced by their global values
-        (:func:`~cooper_like.distributed.synchronize_dual_measurements`).
+        (:func:`~cooper_like.distributed.synchronize_dual_measurements`). ``communicate``: the step's
+        :meth:`communicates` when the caller has it (``None``: asked here).
         """
         cmp_state = self.cmp.compute_cmp_state(**(compute_cmp_state_kwargs or {}))
         self.check_measurement(cmp_state, "compute_cmp_state", for_primal_update=for_primal_update)
-        return self.synchronize(cmp_state) if for_dual_update else cmp_state
+        return self.synchronize(cmp_state, communicate) if for_dual_update else cmp_state
 
     def check_measurement(self, cmp_state: CMPState, source: str, *, for_primal_update: bool) -> None:
         """Raise on mistakes that would otherwise pass silently (a few attribute reads per constraint).
@@ -177,9 +179,16 @@ class CooperOptimizer(abc.ABC):
             stacklevel=5,
         )
 
-    def synchronize(self, cmp_state: CMPState) -> CMPState:
+    def communicates(self) -> bool:
+        """Whether this optimizer communicates now (its ``distributed`` switch and the process group).
+
+        The simultaneous, extrapolation and dual-primal schemes ask once per step and pass the answer on.
+        """
+        return distributed_training.switch_is_on(self.distributed)
+
+    def synchronize(self, cmp_state: CMPState, communicate: bool | None = None) -> CMPState:
         """``cmp_state`` with global dual measurements when distributed training is on, else unchanged."""
-        if not distributed_training.switch_is_on(self.distributed):
+        if not (self.communicates() if communicate is None else communicate):
             return cmp_state
         return distributed_training.synchronize_dual_measurements(cmp_state)
 

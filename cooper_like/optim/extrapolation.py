@@ -62,10 +62,11 @@ class ExtrapolationConstrainedOptimizer(ConstrainedOptimizer):
     def roll(self, compute_cmp_state_kwargs: dict[str, Any] | None = None) -> RollOut:
         """Extrapolation half-step, then the update; returns the measurement at :math:`(\\theta_t, \\lambda_t)`."""
         self.zero_grad()
-        cmp_state = self.evaluate(compute_cmp_state_kwargs)
+        communicate = self.communicates()
+        cmp_state = self.evaluate(compute_cmp_state_kwargs, communicate=communicate)
         primal_store, dual_store = cmp_state.compute_lagrangians()
         roll_out = RollOut(cmp_state.loss, cmp_state, primal_store, dual_store)
-        if not self.guard.admits(cmp_state, primal_store, dual_store):
+        if not self.guard.admits(cmp_state, primal_store, dual_store, communicate=communicate):
             return roll_out
         primal_store.backward()
         dual_store.backward()
@@ -73,10 +74,12 @@ class ExtrapolationConstrainedOptimizer(ConstrainedOptimizer):
         self.dual_extrapolation_step()
 
         self.zero_grad()
-        extrapolated_state = self.evaluate(compute_cmp_state_kwargs)
+        extrapolated_state = self.evaluate(compute_cmp_state_kwargs, communicate=communicate)
         extrapolated_primal, extrapolated_dual = extrapolated_state.compute_lagrangians()
         try:
-            admitted = self.guard.admits(extrapolated_state, extrapolated_primal, extrapolated_dual)
+            admitted = self.guard.admits(
+                extrapolated_state, extrapolated_primal, extrapolated_dual, communicate=communicate
+            )
         except NonFiniteError:  # "raise": leave (θ_t, λ_t) as they were, as the error says
             self.cancel_extrapolation()
             raise

@@ -141,15 +141,17 @@ class NonFiniteGuard:
         dual_store: LagrangianStore | None = None,
         *,
         already_applied: str | None = None,
+        communicate: bool | None = None,
     ) -> bool:
         """``True`` if the step may proceed; raises or returns ``False`` (skip) otherwise.
 
-        ``already_applied`` names the half-step a scheme applied before this check (for the message).
+        ``already_applied`` names the half-step a scheme applied before this check (for the message);
+        ``communicate`` whether the step communicates (``None``: asked here from ``distributed``).
         """
         if self.policy is NonFinitePolicy.OFF:
             return True
         values = values_to_check(cmp_state, primal_store, dual_store)
-        shared = distributed_training.switch_is_on(self.distributed)
+        shared = distributed_training.switch_is_on(self.distributed) if communicate is None else communicate
         if not shared and not values:
             return True
         finite_here = all_finite(values) if values else True

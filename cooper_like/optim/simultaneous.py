@@ -23,9 +23,10 @@ class SimultaneousOptimizer(ConstrainedOptimizer):
     def roll(self, compute_cmp_state_kwargs: dict[str, Any] | None = None) -> RollOut:
         """Measure the problem once and update primal and dual variables from that measurement."""
         self.zero_grad()
-        cmp_state = self.evaluate(compute_cmp_state_kwargs)
+        communicate = self.communicates()
+        cmp_state = self.evaluate(compute_cmp_state_kwargs, communicate=communicate)
         primal_store, dual_store = cmp_state.compute_lagrangians()
-        if self.guard.admits(cmp_state, primal_store, dual_store):
+        if self.guard.admits(cmp_state, primal_store, dual_store, communicate=communicate):
             primal_store.backward()
             dual_store.backward()
             self.primal_step()
