@@ -46,6 +46,7 @@ def run_interleaved(
     steps_per_block: int,
     max_repeats: dict[str, int] | None = None,
     progress: Callable[[int], None] | None = None,
+    synchronize: Callable[[], None] | None = None,
 ) -> dict[str, list[float]]:
     """Time ``steps`` round-robin and return per-step times in microseconds, one per repeat.
 
@@ -55,7 +56,8 @@ def run_interleaved(
     disabled during it; the objects alive at the start are frozen (``gc.freeze()``, undone at the
     end) so that those collections are short and short blocks are affordable.
     ``max_repeats[name]`` caps the number of blocks of a slow method: it takes part in the first
-    ``max_repeats[name]`` repeats only.
+    ``max_repeats[name]`` repeats only. ``synchronize`` (e.g. ``torch.cuda.synchronize``) is called
+    before each block's clock starts and before it stops, so that a block times the device's work.
     """
     names = list(steps)
     caps = max_repeats or {}
@@ -67,7 +69,7 @@ def run_interleaved(
             shift = rep % len(names)
             for name in names[shift:] + names[:shift]:
                 if rep < caps.get(name, repeats):
-                    times[name].append(time_block(steps[name], steps_per_block))
+                    times[name].append(time_block(steps[name], steps_per_block, synchronize))
             if progress is not None:
                 progress(rep)
     finally:
@@ -75,18 +77,42 @@ def run_interleaved(
     return times
 
 
-def time_block(step: Callable[[], None], steps_per_block: int) -> float:
+def time_block(
+    step: Callable[[], None], steps_per_block: int, synchronize: Callable[[], None] | None = None
+) -> float:
     """Microseconds per call of ``step`` over one block of ``steps_per_block`` calls, collector off."""
     gc.collect()
     gc.disable()
     try:
+        if synchronize is not None:
+            synchronize()
         start = time.perf_counter_ns()
         for _ in range(steps_per_block):
             step()
+        if synchronize is not None:
+            synchronize()
         elapsed = time.perf_counter_ns() - start
     finally:
         gc.enable()
     return elapsed / steps_per_block / 1e3
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot run here (an unknown name, or CUDA without a GPU), else ``None``."""
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        return f"--device {device!r} is not a torch device ({error})"
+    if kind == "cuda" and not torch.cuda.is_available():
+        return f"--device {device!r}: CUDA is not available on this machine"
+    return None
+
+
+def device_synchronizer(device: str) -> Callable[[], None] | None:
+    """``torch.cuda.synchronize`` for a CUDA device (timings must wait for the device), else ``None``."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.synchronize
+    return None
 
 
 def median(values: Sequence[float]) -> float:
@@ -108,8 +134,11 @@ def peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def mem_available_bytes() -> int | None:
-    """``MemAvailable`` from ``/proc/meminfo`` when readable (Linux), else None."""
+def mem_available_bytes(device: str = "cpu") -> int | None:
+    """Free memory of ``device``: ``torch.cuda.mem_get_info`` for CUDA, else ``MemAvailable`` from
+    ``/proc/meminfo`` when readable (Linux), else None."""
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
@@ -159,6 +188,8 @@ def environment_lines(notes: Sequence[str] = ()) -> list[str]:
         f"- python {platform.python_version()}, torch {torch.__version__}, "
         f"torch threads: {torch.get_num_threads()}",
     ]
+    if torch.cuda.is_available():
+        lines.append(f"- CUDA {torch.version.cuda}, device: {torch.cuda.get_device_name()}")
     lines += [f"- {note}" for note in notes]
     return lines
 

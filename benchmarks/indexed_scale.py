@@ -52,6 +52,8 @@ from typing import Any
 import torch
 from _common import (
     RESULTS_DIR,
+    device_problem,
+    device_synchronizer,
     environment_lines,
     import_library,
     markdown_table,
@@ -97,8 +99,8 @@ class Config:
         return self.role == "library" and not self.dense
 
 
-def multiplier_kwargs(num_constraints: int, dense: bool) -> dict[str, Any]:
-    return {"num_constraints": num_constraints, **(DENSE_GRAD_KWARGS if dense else {})}
+def multiplier_kwargs(num_constraints: int, dense: bool, device: torch.device) -> dict[str, Any]:
+    return {"num_constraints": num_constraints, "device": device, **(DENSE_GRAD_KWARGS if dense else {})}
 
 
 def dense_mode_note(lib: ModuleType) -> str | None:
@@ -117,11 +119,11 @@ def dense_mode_note(lib: ModuleType) -> str | None:
 class Data:
     """A pool of POOL_SIZE examples; example i of N uses pool row ``i % POOL_SIZE``."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, device: str = "cpu") -> None:
         gen = torch.Generator().manual_seed(seed)
         self.x = torch.randn(POOL_SIZE, IN_FEATURES, generator=gen)
         self.y = torch.randn(POOL_SIZE, generator=gen)
-        self.seed = seed
+        self.seed, self.device = seed, device
 
     def batches(self, num_constraints: int) -> list[dict[str, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed + num_constraints)
@@ -129,13 +131,14 @@ class Data:
         for _ in range(NUM_BATCHES):
             idx = torch.randint(0, num_constraints, (BATCH_SIZE,), generator=gen)
             row = idx % POOL_SIZE
-            out.append({"x": self.x[row], "y": self.y[row], "idx": idx})
+            batch = {"x": self.x[row], "y": self.y[row], "idx": idx}
+            out.append({key: value.to(self.device) for key, value in batch.items()})
         return out
 
 
-def make_model(seed: int) -> nn.Sequential:
+def make_model(seed: int, device: str = "cpu") -> nn.Sequential:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(IN_FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1))
+    return nn.Sequential(nn.Linear(IN_FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, 1)).to(device)
 
 
 def make_cmp(lib: ModuleType, model: nn.Sequential, multiplier: Any) -> Any:
@@ -169,7 +172,10 @@ class Instance:
         batches: list[dict[str, torch.Tensor]],
     ) -> None:
         self.model = model
-        multiplier = lib.multipliers.IndexedMultiplier(**multiplier_kwargs(num_constraints, config.dense))
+        device = batches[0]["idx"].device
+        multiplier = lib.multipliers.IndexedMultiplier(
+            **multiplier_kwargs(num_constraints, config.dense, device)
+        )
         self.cmp = make_cmp(lib, model, multiplier)
         dual_params = list(self.cmp.dual_parameters())
         self.dual_optimizer: torch.optim.Optimizer
@@ -217,7 +223,7 @@ def check_agreement(
     for first, second in pairs:
         runs = []
         for config in (first, second):
-            inst = Instance(libs[config.role], config, REFERENCE_N, make_model(seed), batches)
+            inst = Instance(libs[config.role], config, REFERENCE_N, make_model(seed, data.device), batches)
             for _ in range(steps):
                 inst.step()
             runs.append(inst)
@@ -274,6 +280,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device, e.g. cuda (each timed block ends with a synchronisation)",
+    )
+    parser.add_argument(
         "--out",
         nargs="?",
         const=str(DEFAULT_OUT),
@@ -302,6 +313,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
+    if (problem := device_problem(args.device)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     lib, lib_note = import_library(args.library_module)
     if lib is None:
@@ -329,14 +343,18 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print(f"note: {note}")
 
-    data = Data(args.seed)
+    data = Data(args.seed, args.device)
     for text in check_agreement(libs, configs, data, args.check_steps, args.seed):
         print(f"check OK: {text}")
         notes.append(f"agreement check OK: {text}")
 
     def build(config: Config, num_constraints: int) -> Instance:
         inst = Instance(
-            libs[config.role], config, num_constraints, make_model(args.seed), data.batches(num_constraints)
+            libs[config.role],
+            config,
+            num_constraints,
+            make_model(args.seed, args.device),
+            data.batches(num_constraints),
         )
         for _ in range(args.warmup):
             inst.step()
@@ -349,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         active = [c for c in configs if not (c.role == "baseline" and n >= 10**8)]
         if n >= 10**8 and "baseline" in libs:
             notes.append(f"N={n:.0e}: baseline skipped (its projection touches every entry)")
-        avail = mem_available_bytes()
+        avail = mem_available_bytes(args.device)
         need = estimated_bytes(n, active)
         if avail is not None and need > 0.7 * avail:
             msg = f"N={n:.0e} skipped: needs ~{need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB available"
@@ -372,7 +390,13 @@ def main(argv: list[str] | None = None) -> int:
                     if c.role == "baseline" and n >= 10**6:
                         caps[f"N:{c}"] = caps[f"ref:{c}"] = min(args.baseline_max_repeats, args.repeats)
                 if steps:
-                    times |= run_interleaved(steps, args.repeats, args.steps_per_block, max_repeats=caps)
+                    times |= run_interleaved(
+                        steps,
+                        args.repeats,
+                        args.steps_per_block,
+                        max_repeats=caps,
+                        synchronize=device_synchronizer(args.device),
+                    )
         except (MemoryError, RuntimeError) as exc:
             msg = f"N={n:.0e} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             print(f"note: {msg}")
@@ -418,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = (
         f"repeats={args.repeats} (baseline capped at {args.baseline_max_repeats} for N >= 1e6), "
         f"steps/block={args.steps_per_block}, warm-up={args.warmup}, batch={BATCH_SIZE}, "
-        f"model MLP {IN_FEATURES}-{HIDDEN}-1, dual lr={DUAL_LR}, nuPI Kp={KP} Ki=1"
+        f"model MLP {IN_FEATURES}-{HIDDEN}-1, dual lr={DUAL_LR}, nuPI Kp={KP} Ki=1, device={args.device}"
     )
     print()
     print(text_table(HEADER, rows))

@@ -66,6 +66,8 @@ from typing import Any
 import torch
 from _common import (
     RESULTS_DIR,
+    device_problem,
+    device_synchronizer,
     environment_lines,
     import_library,
     markdown_table,
@@ -131,7 +133,7 @@ def objective_and_violation(
     return nn.functional.cross_entropy(logits, y), violation_fn(model, logits)
 
 
-def make_cmp(lib: ModuleType, model: nn.Sequential, spec: SizeSpec) -> Any:
+def make_cmp(lib: ModuleType, model: nn.Sequential, spec: SizeSpec, device: torch.device) -> Any:
     """A CMP for ``spec`` built from library ``lib`` (``cooper_like`` or ``cooper``)."""
 
     class BenchCMP(lib.ConstrainedMinimizationProblem):  # type: ignore[name-defined,misc]
@@ -141,7 +143,9 @@ def make_cmp(lib: ModuleType, model: nn.Sequential, spec: SizeSpec) -> Any:
             self.violation_fn = spec.violation_fn
             self.constraint = lib.Constraint(
                 constraint_type=lib.ConstraintType.INEQUALITY,
-                multiplier=lib.multipliers.DenseMultiplier(num_constraints=spec.num_constraints),
+                multiplier=lib.multipliers.DenseMultiplier(
+                    num_constraints=spec.num_constraints, device=device
+                ),
             )
 
         def compute_cmp_state(self, x: torch.Tensor, y: torch.Tensor) -> Any:
@@ -169,7 +173,7 @@ class HandWritten(Method):
     def __init__(self, model: nn.Sequential, spec: SizeSpec, x: torch.Tensor, y: torch.Tensor) -> None:
         self.model, self.x, self.y, self.violation_fn = model, x, y, spec.violation_fn
         self.optimizer = torch.optim.SGD(model.parameters(), lr=PRIMAL_LR)
-        self.lam = torch.zeros(spec.num_constraints)
+        self.lam = torch.zeros(spec.num_constraints, device=x.device)
 
     def step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -193,7 +197,7 @@ class HandWrittenTorchDual(HandWritten):
 
     def __init__(self, model: nn.Sequential, spec: SizeSpec, x: torch.Tensor, y: torch.Tensor) -> None:
         super().__init__(model, spec, x, y)
-        self.lam_param = nn.Parameter(torch.zeros(spec.num_constraints))
+        self.lam_param = nn.Parameter(torch.zeros(spec.num_constraints, device=x.device))
         self.dual = torch.optim.SGD([self.lam_param], lr=DUAL_LR, maximize=True)
 
     def step(self) -> None:
@@ -233,7 +237,7 @@ class LibraryMethod(Method):
         self, lib: ModuleType, model: nn.Sequential, spec: SizeSpec, x: torch.Tensor, y: torch.Tensor
     ) -> None:
         self.model = model
-        self.cmp = make_cmp(lib, model, spec)
+        self.cmp = make_cmp(lib, model, spec, x.device)
         self.optimizer = lib.optim.SimultaneousOptimizer(
             cmp=self.cmp,
             primal_optimizers=torch.optim.SGD(model.parameters(), lr=PRIMAL_LR),
@@ -267,15 +271,17 @@ class LibraryPublicCalls(LibraryMethod):
             torch_calls.LEAN_CALLS = LEAN_CALLS_HERE
 
 
-def build_methods(spec: SizeSpec, libs: dict[str, ModuleType], seed: int) -> dict[str, Method]:
-    """Every method on identical initial weights and data (one fixed batch)."""
+def build_methods(
+    spec: SizeSpec, libs: dict[str, ModuleType], seed: int, device: str = "cpu"
+) -> dict[str, Method]:
+    """Every method on identical initial weights and data (one fixed batch), on ``device``."""
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(BATCH_SIZE, IN_FEATURES, generator=gen)
-    y = torch.randint(0, NUM_CLASSES, (BATCH_SIZE,), generator=gen)
+    x = torch.randn(BATCH_SIZE, IN_FEATURES, generator=gen).to(device)
+    y = torch.randint(0, NUM_CLASSES, (BATCH_SIZE,), generator=gen).to(device)
     torch.manual_seed(seed)
     template = nn.Sequential(
         nn.Linear(IN_FEATURES, spec.hidden), nn.ReLU(), nn.Linear(spec.hidden, NUM_CLASSES)
-    )
+    ).to(device)
     methods: dict[str, Method] = {
         "hand": HandWritten(copy.deepcopy(template), spec, x, y),
         "hand_torch_dual": HandWrittenTorchDual(copy.deepcopy(template), spec, x, y),
@@ -290,9 +296,11 @@ def build_methods(spec: SizeSpec, libs: dict[str, ModuleType], seed: int) -> dic
     return methods
 
 
-def check_agreement(spec: SizeSpec, libs: dict[str, ModuleType], steps: int, seed: int) -> str:
+def check_agreement(
+    spec: SizeSpec, libs: dict[str, ModuleType], steps: int, seed: int, device: str = "cpu"
+) -> str:
     """Run every method ``steps`` steps from the same start; assert that they agree."""
-    methods = build_methods(spec, libs, seed)
+    methods = build_methods(spec, libs, seed, device)
     for method in methods.values():
         for _ in range(steps):
             method.step()
@@ -341,6 +349,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device, e.g. cuda (each timed block ends with a synchronisation)",
+    )
+    parser.add_argument(
         "--out",
         nargs="?",
         const=str(DEFAULT_OUT),
@@ -367,6 +380,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
+    if (problem := device_problem(args.device)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
 
     lib, lib_note = import_library(args.library_module)
     if lib is None:
@@ -384,11 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     notes = [f"library: {lib_note}", f"baseline: {base_note}"]
     rows: list[list[str]] = []
     for spec in (s for s in SIZES if s.name in args.sizes):
-        check = check_agreement(spec, libs, args.check_steps, args.seed)
+        check = check_agreement(spec, libs, args.check_steps, args.seed, args.device)
         print(f"check OK: {check}")
         notes.append(f"agreement check OK: {check}")
 
-        methods = build_methods(spec, libs, args.seed)
+        methods = build_methods(spec, libs, args.seed, args.device)
         for method in methods.values():
             for _ in range(args.warmup):
                 method.step()
@@ -396,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
             {role: m.step for role, m in methods.items()},
             repeats=args.repeats,
             steps_per_block=args.steps_per_block,
+            synchronize=device_synchronizer(args.device),
             progress=lambda r, s=spec: print(
                 f"  {s.name}: repeat {r + 1}/{args.repeats}", end="\r", file=sys.stderr, flush=True
             ),
@@ -441,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     settings = (
         f"repeats={args.repeats}, steps/block={args.steps_per_block}, warm-up={args.warmup} steps, "
-        f"batch={BATCH_SIZE}, primal SGD lr={PRIMAL_LR}, dual SGD lr={DUAL_LR}"
+        f"batch={BATCH_SIZE}, primal SGD lr={PRIMAL_LR}, dual SGD lr={DUAL_LR}, device={args.device}"
     )
     print()
     print(text_table(header, rows))

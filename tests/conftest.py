@@ -14,6 +14,19 @@ def _one_thread_and_seed() -> None:
     torch.manual_seed(0)
 
 
+#: The devices a tensor-computation test runs on: the CPU always, CUDA where present (skipped otherwise).
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")),
+]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> str:
+    """The device of a test whose subject is a tensor computation (see :data:`DEVICES`)."""
+    return str(request.param)
+
+
 class QuadraticProblem(cooper.ConstrainedMinimizationProblem):
     """min ||x - target||^2 s.t. sum(x) <= bound (one inequality); x lives outside the problem."""
 

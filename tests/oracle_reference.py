@@ -12,7 +12,7 @@ no caches, no sparse tensors, no library code.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -40,6 +40,11 @@ class Data:
     multiplier0: torch.Tensor  # explicit: one value per row; implicit: the model weights
     penalty0: torch.Tensor
     ids: list[torch.Tensor] = field(default_factory=list)  # observed rows per step (None: all)
+
+    def to(self, device: str) -> Data:
+        """The same data on ``device``."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if f.name != "ids"}
+        return Data(**moved, ids=[rows.to(device) for rows in self.ids])
 
 
 def make_data(case: Case, seed: int) -> Data:
@@ -161,7 +166,7 @@ class OracleProblem(cooper.ConstrainedMinimizationProblem):
         self.c = cooper.Constraint(
             constraint_type, formulation_type=formulation, multiplier=multiplier, penalty_coefficient=penalty
         )
-        self.buffer = torch.zeros(BATCH, dtype=torch.long)
+        self.buffer = torch.zeros(BATCH, dtype=torch.long, device=data.x0.device)
         if case.scheme == "alt_primal_dual_instance_violations":
             self.compute_violations = self.measure_violations  # type: ignore[method-assign]
 
@@ -239,8 +244,14 @@ SCHEMES = {
 }
 
 
-def library_run(case: Case, data: Data) -> dict[str, torch.Tensor]:
-    """Run the case through the public API; return every parameter, multiplier, coefficient and state."""
+def library_run(case: Case, data: Data, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """Run the case through the public API on ``device``; return every parameter, multiplier,
+    coefficient and state entry (on the CPU)."""
+    return {key: value.cpu() for key, value in library_run_on(case, data.to(device)).items()}
+
+
+def library_run_on(case: Case, data: Data) -> dict[str, torch.Tensor]:
+    """:func:`library_run` on the device of ``data``."""
     problem_class = (
         ProblemWithViolations if case.scheme == "alt_primal_dual_class_violations" else OracleProblem
     )
@@ -289,7 +300,7 @@ def library_run(case: Case, data: Data) -> dict[str, torch.Tensor]:
         nupi_state = dual.state.get(weight, {}) if dual is not None else {}
         if case.dual_optimizer == "nupi_sgd" and "xi" in nupi_state and "observed_rows" not in nupi_state:
             result["state.initialised"] = torch.ones(
-                weight.shape[0], dtype=torch.bool
+                weight.shape[0], dtype=torch.bool, device=weight.device
             )  # a dense step saw all
     if problem.c.penalty_coefficient is not None:
         result["penalty"] = problem.c.penalty_coefficient.value.clone()

@@ -50,11 +50,11 @@ def test_every_exclusion_has_a_stated_reason() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
-def test_library_matches_the_reference(case: Case) -> None:
+def test_library_matches_the_reference(case: Case, device: str) -> None:
     seed = ALL_CASES.index(case)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning of any kind in a valid combination
-        got = library_run(case, make_data(case, seed))
+        got = library_run(case, make_data(case, seed), device)
     expected = reference_run(case, make_data(case, seed))
     assert set(got) == set(expected), f"state entries differ: {sorted(got)} vs {sorted(expected)}"
     for key, value in expected.items():
