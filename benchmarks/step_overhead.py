@@ -40,7 +40,10 @@ What is measured
     weights and data; parameters and multipliers must agree to float tolerance.
 
     A sixth column runs ``cooper_like`` with its lean torch calls switched off (the public
-    ``zero_grad``/``step`` calls it falls back to on a torch version the suite has not verified).
+    ``zero_grad``/``step`` calls it falls back to on a torch version the suite has not verified),
+    and a seventh with the NaN/Inf check off (``non_finite="off"``): the default check's cost, which on
+    a GPU includes one host-device synchronisation per step. ``--device cuda`` runs everything on the
+    GPU (each timed block then ends with ``torch.cuda.synchronize()``).
 
 Target
     time(cooper_like) / time(hand): median <= 1.03 and upper quartile <= 1.05 for each size.
@@ -234,7 +237,13 @@ class HandWrittenLeanTorchCalls(HandWritten):
 
 class LibraryMethod(Method):
     def __init__(
-        self, lib: ModuleType, model: nn.Sequential, spec: SizeSpec, x: torch.Tensor, y: torch.Tensor
+        self,
+        lib: ModuleType,
+        model: nn.Sequential,
+        spec: SizeSpec,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        **optimizer_kwargs: Any,
     ) -> None:
         self.model = model
         self.cmp = make_cmp(lib, model, spec, x.device)
@@ -242,6 +251,7 @@ class LibraryMethod(Method):
             cmp=self.cmp,
             primal_optimizers=torch.optim.SGD(model.parameters(), lr=PRIMAL_LR),
             dual_optimizers=torch.optim.SGD(self.cmp.dual_parameters(), lr=DUAL_LR, maximize=True),
+            **optimizer_kwargs,
         )
         self.kwargs = {"x": x, "y": y}
 
@@ -292,6 +302,10 @@ def build_methods(
     if "library" in libs and libs["library"].__name__ == "cooper_like":
         methods["library_public_calls"] = LibraryPublicCalls(
             libs["library"], copy.deepcopy(template), spec, x, y
+        )
+        # The NaN/Inf check off: the cost of the default check (one host synchronisation on a GPU).
+        methods["library_guard_off"] = LibraryMethod(
+            libs["library"], copy.deepcopy(template), spec, x, y, non_finite="off"
         )
     return methods
 
@@ -420,7 +434,14 @@ def main(argv: list[str] | None = None) -> int:
         print(file=sys.stderr)
         ratios = {
             role: [t / h for t, h in zip(times[role], times["hand"])] if role in times else []
-            for role in ("library", "library_public_calls", "baseline", "hand_torch_dual", "hand_lean_calls")
+            for role in (
+                "library",
+                "library_public_calls",
+                "library_guard_off",
+                "baseline",
+                "hand_torch_dual",
+                "hand_lean_calls",
+            )
         }
         machinery = [t / h for t, h in zip(times["library"], times["hand_lean_calls"])]
         lib_ratio = median(ratios["library"])
@@ -435,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{median(times['baseline']):.1f}" if "baseline" in times else "skipped",
                 fmt_ratio(ratios["library"]),
                 fmt_ratio(ratios["library_public_calls"]),
+                fmt_ratio(ratios["library_guard_off"]),
                 fmt_ratio(ratios["baseline"]),
                 fmt_ratio(ratios["hand_torch_dual"]),
                 fmt_ratio(machinery),
@@ -450,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{labels['baseline']} us/step",
         f"{labels['library']}/hand",
         f"{labels['library']} with public torch calls only/hand",
+        f"{labels['library']} with non_finite='off'/hand",
         f"{labels['baseline']}/hand",
         "hand with torch SGD dual/hand (floor)",
         f"{labels['library']}/hand with lean torch calls (machinery only)",
