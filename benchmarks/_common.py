@@ -11,6 +11,7 @@ import gc
 import importlib
 import os
 import platform
+import random
 import resource
 import shlex
 import statistics
@@ -50,9 +51,11 @@ def run_interleaved(
 ) -> dict[str, list[float]]:
     """Time ``steps`` round-robin and return per-step times in microseconds, one per repeat.
 
-    Each repeat runs one block of ``steps_per_block`` calls of every step function in turn;
-    the order is rotated by one position per repeat so that no method always runs first
-    (or right after the same neighbour).  The garbage collector runs before each block and is
+    Each repeat runs one block of ``steps_per_block`` calls of every step function, in an order
+    drawn at random per repeat (seeded: the same orders every run), so that no method always runs
+    first or right after the same neighbour: a fixed cyclic order was measured to bias two identical
+    methods apart by about 3 % (the block after a given neighbour starts with its caches in a given
+    state).  The garbage collector runs before each block and is
     disabled during it; the objects alive at the start are frozen (``gc.freeze()``, undone at the
     end) so that those collections are short and short blocks are affordable.
     ``max_repeats[name]`` caps the number of blocks of a slow method: it takes part in the first
@@ -65,9 +68,9 @@ def run_interleaved(
     gc.collect()
     gc.freeze()
     try:
+        orders = random.Random(0)
         for rep in range(repeats):
-            shift = rep % len(names)
-            for name in names[shift:] + names[:shift]:
+            for name in orders.sample(names, len(names)):
                 if rep < caps.get(name, repeats):
                     times[name].append(time_block(steps[name], steps_per_block, synchronize))
             if progress is not None:

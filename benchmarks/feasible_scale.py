@@ -8,7 +8,7 @@ What is measured
        on the model, dual step on the observed rows of the ``IndexedMultiplier`` and its projection.
        Dual updaters: gradient ascent (``torch.optim.SGD``) and ``cooper_like.optim.nuPI``, both with
        sparse gradients. The sizes are timed round-robin (``_common.run_interleaved``: blocks of
-       ``--steps-per-block`` steps, order rotated per repeat, one torch thread); the ratio is the median
+       ``--steps-per-block`` steps, order drawn at random per repeat, one torch thread); the ratio is the median
        over repeats of time(n) / time(1e3) measured in the same round.
     2. Feasibility reached. ``python -m problems.feasible train`` defaults on MNIST-5k (4,000 training
        digits, MLP 784-256-10, cross-entropy_i <= 0.1 for every example, 30 epochs) for ``--seeds``:

@@ -20,7 +20,7 @@ What is measured
       every entry; its repeats are capped at N >= 1e6 and it is skipped at 1e8).
 
     For every N, the configurations and a reference instance of each at N = 1e3 are timed
-    round-robin (blocks of ``--steps-per-block`` steps, order rotated per repeat; the configurations
+    round-robin (blocks of ``--steps-per-block`` steps, order drawn at random per repeat; the configurations
     with a target form one round-robin, the O(N) ones, dense mode and baseline, another) with
     ``torch.set_num_threads(1)``.  Reported: median per-step time over repeats, the ratio
     time(N) / time(1e3) as the median of per-repeat ratios against the reference timed in the
