@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -25,6 +27,16 @@ DEVICES = [
 def device(request: pytest.FixtureRequest) -> str:
     """The device of a test whose subject is a tensor computation (see :data:`DEVICES`)."""
     return str(request.param)
+
+
+@pytest.fixture
+def default_device(device: str) -> Iterator[str]:
+    """:func:`device`, also made torch's default device for the test (tensors are created on it)."""
+    torch.set_default_device(device)
+    try:
+        yield device
+    finally:
+        torch.set_default_device(None)
 
 
 class QuadraticProblem(cooper.ConstrainedMinimizationProblem):

@@ -13,37 +13,42 @@ from tests.conftest import QuadraticProblem
 INEQ, EQ = cooper.ConstraintType.INEQUALITY, cooper.ConstraintType.EQUALITY
 
 
-def test_lagrangian_term() -> None:
-    assert lagrangian_term(torch.tensor([2.0, 3.0]), torch.tensor([1.0, -1.0])).item() == -1.0
-    assert lagrangian_term(torch.tensor([2.0]), torch.tensor(4.0)).item() == 8.0
+def test_lagrangian_term(device: str) -> None:
+    lam, g = torch.tensor([2.0, 3.0], device=device), torch.tensor([1.0, -1.0], device=device)
+    assert lagrangian_term(lam, g).item() == -1.0
+    assert lagrangian_term(lam[:1], torch.tensor(4.0, device=device)).item() == 8.0
 
 
-def test_quadratic_penalty_term() -> None:
-    g = torch.tensor([2.0, -3.0])
+def test_quadratic_penalty_term(device: str) -> None:
+    g = torch.tensor([2.0, -3.0], device=device)
     # inequality: 0.5 * (c1 * 2^2 + c2 * 0)
-    assert quadratic_penalty_term(torch.tensor([1.0, 5.0]), g, INEQ).item() == 2.0
+    assert quadratic_penalty_term(torch.tensor([1.0, 5.0], device=device), g, INEQ).item() == 2.0
     # equality: 0.5 * (1 * 4 + 5 * 9)
-    assert quadratic_penalty_term(torch.tensor([1.0, 5.0]), g, EQ).item() == 24.5
+    assert quadratic_penalty_term(torch.tensor([1.0, 5.0], device=device), g, EQ).item() == 24.5
 
 
-def test_augmented_lagrangian_term_values() -> None:
-    lam, c, g = torch.tensor([1.0, 1.0]), torch.tensor(2.0), torch.tensor([0.5, -1.0])
+def test_augmented_lagrangian_term_values(device: str) -> None:
+    lam, c, g = (
+        torch.tensor([1.0, 1.0], device=device),
+        torch.tensor(2.0, device=device),
+        torch.tensor([0.5, -1.0], device=device),
+    )
     # inequality: ([1 + 1]_+^2 - 1) / 4 + ([1 - 2]_+^2 - 1) / 4 = 0.75 - 0.25
     assert augmented_lagrangian_term(lam, c, g, INEQ).item() == pytest.approx(0.5)
     # equality: 1 * 0.5 + 1 * (-1) + 0.5 * 2 * (0.25 + 1)
     assert augmented_lagrangian_term(lam, c, g, EQ).item() == pytest.approx(0.75)
 
 
-def test_augmented_lagrangian_with_zero_penalty_is_the_lagrangian_without_nan() -> None:
-    lam = torch.tensor([0.0, 2.0, 3.0])
-    g = torch.tensor([1.0, -0.5, 2.0], requires_grad=True)
-    c = torch.tensor([0.0, 0.0, 1.0])
+def test_augmented_lagrangian_with_zero_penalty_is_the_lagrangian_without_nan(device: str) -> None:
+    lam = torch.tensor([0.0, 2.0, 3.0], device=device)
+    g = torch.tensor([1.0, -0.5, 2.0], requires_grad=True, device=device)
+    c = torch.tensor([0.0, 0.0, 1.0], device=device)
     value = augmented_lagrangian_term(lam, c, g, INEQ)
     value.backward()
     expected = 0.0 + 2.0 * -0.5 + ((3.0 + 2.0) ** 2 - 9.0) / 2
     assert value.item() == pytest.approx(expected)
     assert g.grad is not None and torch.isfinite(g.grad).all()
-    assert torch.allclose(g.grad, torch.tensor([0.0, 2.0, 5.0]))
+    assert torch.allclose(g.grad, torch.tensor([0.0, 2.0, 5.0], device=device))
 
 
 def test_augmented_lagrangian_two_steps_by_hand() -> None:

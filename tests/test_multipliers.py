@@ -52,7 +52,7 @@ def test_restarts_only_for_inequalities() -> None:
         )
 
 
-def test_dense_values_are_snapshots() -> None:
+def test_dense_values_are_snapshots(default_device: str) -> None:
     multiplier = DenseMultiplier(init=torch.tensor([1.0, 2.0]))
     value = multiplier()
     assert value.requires_grad and value.data_ptr() != multiplier.weight.data_ptr()
@@ -62,7 +62,7 @@ def test_dense_values_are_snapshots() -> None:
     assert torch.equal(snapshot, torch.tensor([1.0, 2.0]))
 
 
-def test_dense_dual_gradient_is_a_copy_of_the_violation() -> None:
+def test_dense_dual_gradient_is_a_copy_of_the_violation(default_device: str) -> None:
     multiplier = DenseMultiplier(num_constraints=2)
     violation = torch.tensor([0.5, -1.0])
     multiplier.add_dual_gradient_(violation, None)
@@ -80,7 +80,7 @@ def test_dense_shape_mismatch_names_both_sizes() -> None:
         DenseMultiplier(num_constraints=2).check_observation(torch.zeros(3), None)
 
 
-def test_projection_of_dense_inequality_multiplier() -> None:
+def test_projection_of_dense_inequality_multiplier(default_device: str) -> None:
     constraint = cooper.Constraint(
         cooper.ConstraintType.INEQUALITY, multiplier=DenseMultiplier(num_constraints=2)
     )
@@ -96,7 +96,9 @@ def test_projection_of_dense_inequality_multiplier() -> None:
 
 
 @pytest.mark.parametrize("sparse_grad", [True, False])
-def test_indexed_gradient_and_projection_touch_observed_rows_only(sparse_grad: bool) -> None:
+def test_indexed_gradient_and_projection_touch_observed_rows_only(
+    sparse_grad: bool, default_device: str
+) -> None:
     constraint = cooper.Constraint(
         cooper.ConstraintType.INEQUALITY,
         multiplier=IndexedMultiplier(init=torch.zeros(6), sparse_grad=sparse_grad),
@@ -125,7 +127,7 @@ def test_indexed_gradient_and_projection_touch_observed_rows_only(sparse_grad: b
     assert bool((multiplier.weight >= 0).all())
 
 
-def test_dense_gradient_momentum_never_leaves_unobserved_rows_negative() -> None:
+def test_dense_gradient_momentum_never_leaves_unobserved_rows_negative(default_device: str) -> None:
     """Adam keeps moving a row after it was observed; with dense gradients every row is projected."""
     constraint = cooper.Constraint(
         cooper.ConstraintType.INEQUALITY, multiplier=IndexedMultiplier(num_constraints=4, sparse_grad=False)
@@ -144,7 +146,7 @@ def test_dense_gradient_momentum_never_leaves_unobserved_rows_negative() -> None
         assert bool((multiplier.weight >= 0).all()), multiplier.weight
 
 
-def test_indexed_values_and_feature_checks() -> None:
+def test_indexed_values_and_feature_checks(default_device: str) -> None:
     multiplier = IndexedMultiplier(init=torch.arange(5.0))
     rows = torch.tensor([[4, 0], [2, 2]])
     assert torch.equal(multiplier(rows).detach(), torch.tensor([[4.0, 0.0], [2.0, 2.0]]))
@@ -163,13 +165,13 @@ def test_indexed_values_and_feature_checks() -> None:
         multiplier.check_observation(torch.zeros(3), torch.tensor([0, 1]))
 
 
-def test_indexed_dense_and_sparse_modes_give_identical_training() -> None:
+def test_indexed_dense_and_sparse_modes_give_identical_training(default_device: str) -> None:
     results = []
     for sparse_grad in (True, False):
         multiplier = IndexedMultiplier(num_constraints=50, sparse_grad=sparse_grad)
         cooper.Constraint(cooper.ConstraintType.INEQUALITY, multiplier=multiplier)
         optimizer = torch.optim.SGD(multiplier.parameters(), lr=0.1, maximize=True)
-        generator = torch.Generator().manual_seed(3)
+        generator = torch.Generator(device=default_device).manual_seed(3)
         for _ in range(20):
             optimizer.zero_grad(set_to_none=True)
             rows = torch.randint(0, 50, (8,), generator=generator)
@@ -190,7 +192,7 @@ class SoftplusMultiplier(ImplicitMultiplier):
         return torch.nn.functional.softplus(self.linear(constraint_features)).flatten()
 
 
-def test_implicit_multiplier_is_trained_through_autograd() -> None:
+def test_implicit_multiplier_is_trained_through_autograd(default_device: str) -> None:
     class Problem(cooper.ConstrainedMinimizationProblem):
         def __init__(self) -> None:
             super().__init__()
@@ -238,7 +240,9 @@ class _TwoConstraints(cooper.ConstrainedMinimizationProblem):
         )
 
 
-def test_a_measurements_two_lagrangians_share_one_dense_snapshot_taken_at_build_time() -> None:
+def test_a_measurements_two_lagrangians_share_one_dense_snapshot_taken_at_build_time(
+    default_device: str,
+) -> None:
     problem = _TwoConstraints()
     primal, dual = problem.compute_cmp_state().compute_lagrangians()
     dense = problem.dense.multiplier
