@@ -44,7 +44,7 @@ def test_zero_is_a_valid_coefficient_and_value_setter_checks() -> None:
     assert "DensePenaltyCoefficient" in repr(coefficient)
 
 
-def test_indexed_coefficient() -> None:
+def test_indexed_coefficient(default_device: str) -> None:
     coefficient = IndexedPenaltyCoefficient(torch.tensor([1.0, 2.0, 3.0]))
     assert torch.equal(coefficient(torch.tensor([2, 0])), torch.tensor([3.0, 1.0]))
     assert IndexedPenaltyCoefficient(torch.tensor(5.0))(torch.tensor([0, 1])).item() == 5.0
@@ -80,7 +80,7 @@ def constraint_with(coefficient, constraint_type=cooper.ConstraintType.INEQUALIT
     )
 
 
-def test_multiplicative_growth_restart_and_tolerance() -> None:
+def test_multiplicative_growth_restart_and_tolerance(default_device: str) -> None:
     constraint = constraint_with(DensePenaltyCoefficient(torch.tensor([1.0, 1.0, 1.0])))
     updater = MultiplicativePenaltyCoefficientUpdater(growth_factor=2.0, violation_tolerance=0.1)
     state = cooper.ConstraintState(violation=torch.tensor([0.5, 0.05, -1.0]))
@@ -93,7 +93,7 @@ def test_multiplicative_growth_restart_and_tolerance() -> None:
     assert torch.equal(constraint.penalty_coefficient.value, torch.tensor([1.0, 1.0, 1.0]))
 
 
-def test_additive_on_equality_uses_the_absolute_violation_and_never_restarts() -> None:
+def test_additive_on_equality_uses_the_absolute_violation_and_never_restarts(default_device: str) -> None:
     constraint = constraint_with(
         DensePenaltyCoefficient(torch.tensor([1.0, 1.0, 1.0])), constraint_type=cooper.ConstraintType.EQUALITY
     )
@@ -102,7 +102,7 @@ def test_additive_on_equality_uses_the_absolute_violation_and_never_restarts() -
     assert torch.equal(constraint.penalty_coefficient.value, torch.tensor([1.5, 1.0, 1.5]))
 
 
-def test_scalar_coefficient_uses_the_norm_of_the_strict_violation() -> None:
+def test_scalar_coefficient_uses_the_norm_of_the_strict_violation(default_device: str) -> None:
     constraint = constraint_with(DensePenaltyCoefficient(torch.tensor(1.0)))
     updater = MultiplicativePenaltyCoefficientUpdater(growth_factor=3.0, violation_tolerance=0.5)
     # strict violation [0.3, 0.4, -1] -> relu -> norm 0.5: not above the tolerance
@@ -114,7 +114,7 @@ def test_scalar_coefficient_uses_the_norm_of_the_strict_violation() -> None:
     assert constraint.penalty_coefficient.value.item() == 3.0
 
 
-def test_indexed_coefficient_updates_only_observed_rows() -> None:
+def test_indexed_coefficient_updates_only_observed_rows(default_device: str) -> None:
     constraint = constraint_with(
         IndexedPenaltyCoefficient(torch.ones(5)), multiplier=IndexedMultiplier(num_constraints=5)
     )
@@ -132,7 +132,7 @@ def test_updater_skips_measurements_that_do_not_update_duals() -> None:
     assert torch.equal(constraint.penalty_coefficient.value, torch.ones(3))
 
 
-def test_updater_attached_to_the_optimizer_runs_inside_roll() -> None:
+def test_updater_attached_to_the_optimizer_runs_inside_roll(default_device: str) -> None:
     problem = QuadraticProblem(
         bound=0.0,
         formulation=cooper.formulations.AugmentedLagrangian,

@@ -41,16 +41,22 @@ def stepped(optimizer_class: type[torch.optim.Optimizer], sparse: bool = False, 
     ],
 )
 def test_torch_optimizers_reset_their_documented_keys(
-    optimizer_class: type[torch.optim.Optimizer], sparse: bool, kwargs: dict, keys: tuple, fill: float
+    optimizer_class: type[torch.optim.Optimizer],
+    sparse: bool,
+    kwargs: dict,
+    keys: tuple,
+    fill: float,
+    default_device: str,
 ) -> None:
     weight, optimizer = stepped(optimizer_class, sparse, **kwargs)
     before = {key: optimizer.state[weight][key].to_dense().clone() for key in keys}
     step = optimizer.state[weight].get("step")
     step_before = step.clone() if isinstance(step, torch.Tensor) else step
-    reset_state_rows_(optimizer, weight, ROWS)
+    rows = ROWS.to(default_device)
+    reset_state_rows_(optimizer, weight, rows)
     for key in keys:
         after = optimizer.state[weight][key].to_dense()
-        assert torch.equal(after[ROWS], torch.full_like(after[ROWS], fill)), key
+        assert torch.equal(after[rows], torch.full_like(after[rows], fill)), key
         kept = torch.tensor([0, 2])
         assert torch.equal(after[kept], before[key][kept]), key
     if step_before is not None:  # shared by all rows: kept
@@ -77,7 +83,7 @@ def test_a_stateless_or_self_resetting_optimizer_is_fine() -> None:
     assert len(Own.reset_rows) == 1 and torch.equal(Own.reset_rows[0], ROWS)
 
 
-def test_a_sparse_state_only_takes_zeros() -> None:
+def test_a_sparse_state_only_takes_zeros(default_device: str) -> None:
     with pytest.raises(ValueError, match="sparse optimizer state with 0.5"):
         fill_rows_(torch.ones(4, 1).to_sparse(), ROWS, 0.5)
 
