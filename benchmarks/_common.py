@@ -55,9 +55,9 @@ def run_interleaved(
     drawn at random per repeat (seeded: the same orders every run), so that no method always runs
     first or right after the same neighbour: a fixed cyclic order was measured to bias two identical
     methods apart by about 3 % (the block after a given neighbour starts with its caches in a given
-    state).  The garbage collector runs before each block and is
-    disabled during it; the objects alive at the start are frozen (``gc.freeze()``, undone at the
-    end) so that those collections are short and short blocks are affordable.
+    state).  The garbage collector runs before each block and is disabled during it; the objects
+    alive at the start are frozen (``gc.freeze()``, undone at the end) so that those collections are
+    short and short blocks are affordable.
     ``max_repeats[name]`` caps the number of blocks of a slow method: it takes part in the first
     ``max_repeats[name]`` repeats only. ``synchronize`` (e.g. ``torch.cuda.synchronize``) is called
     before each block's clock starts and before it stops, so that a block times the device's work.

@@ -294,6 +294,15 @@ def indexed_problem(sparse_grad: bool = True, restart: bool = False) -> FixedVio
     )
 
 
+def simultaneous_sgd(
+    problem: FixedViolations, dual_lr: float
+) -> tuple[torch.Tensor, torch.optim.SGD, cooper.optim.SimultaneousOptimizer]:
+    """A primal point ``x``, a plain ascending SGD on the multipliers, and the scheme over both."""
+    x = torch.zeros(1, requires_grad=True)
+    dual = torch.optim.SGD(problem.dual_parameters(), lr=dual_lr, maximize=True)
+    return x, dual, cooper.optim.SimultaneousOptimizer(problem, torch.optim.SGD([x], lr=0.1), dual)
+
+
 def test_reading_the_dual_value_under_no_grad_keeps_its_gradient() -> None:
     problem = indexed_problem()
     x = torch.zeros(1, requires_grad=True)
@@ -309,9 +318,7 @@ def test_reading_the_dual_value_under_no_grad_keeps_its_gradient() -> None:
 def test_the_projection_covers_the_rows_the_gradient_names(route: str) -> None:
     """A gradient written outside store.backward() still names its rows: they are projected."""
     problem = indexed_problem()
-    x = torch.zeros(1, requires_grad=True)
-    dual = torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True)
-    optimizer = cooper.optim.SimultaneousOptimizer(problem, torch.optim.SGD([x], lr=0.1), dual)
+    x, _, optimizer = simultaneous_sgd(problem, dual_lr=1.0)
     store = problem.compute_cmp_state(x, torch.tensor([2]), torch.tensor([-5.0])).compute_dual_lagrangian()
     if route == "lagrangian.backward()":
         store.lagrangian.backward()
@@ -323,9 +330,7 @@ def test_the_projection_covers_the_rows_the_gradient_names(route: str) -> None:
 
 def test_restarts_without_known_rows_stop_before_any_update() -> None:
     problem = indexed_problem(sparse_grad=False, restart=True)
-    x = torch.zeros(1, requires_grad=True)
-    dual = torch.optim.SGD(problem.dual_parameters(), lr=1.0, maximize=True)
-    optimizer = cooper.optim.SimultaneousOptimizer(problem, torch.optim.SGD([x], lr=0.1), dual)
+    x, _, optimizer = simultaneous_sgd(problem, dual_lr=1.0)
     store = problem.compute_cmp_state(x, torch.tensor([2]), torch.tensor([-5.0])).compute_dual_lagrangian()
     store.lagrangian.backward()  # a dense gradient: rows 0 and 1 look "satisfied" (gradient 0)
     with pytest.raises(
@@ -338,9 +343,7 @@ def test_restarts_without_known_rows_stop_before_any_update() -> None:
 def test_restarts_leave_earlier_rows_alone_when_gradients_are_zeroed_in_place() -> None:
     """zero_grad(set_to_none=False) keeps a gradient tensor: rows observed last step are not observed now."""
     problem = indexed_problem(sparse_grad=False, restart=True)
-    x = torch.zeros(1, requires_grad=True)
-    dual = torch.optim.SGD(problem.dual_parameters(), lr=0.5, maximize=True)
-    optimizer = cooper.optim.SimultaneousOptimizer(problem, torch.optim.SGD([x], lr=0.1), dual)
+    x, dual, optimizer = simultaneous_sgd(problem, dual_lr=0.5)
     for rows, violation in (
         (torch.tensor([0]), torch.tensor([1.0])),
         (torch.tensor([1]), torch.tensor([1.0])),
