@@ -19,7 +19,6 @@ from problems.rates.data import LabeledSplit, RateDataset
 from problems.rates.kinds import RateKind
 from problems.rates.metrics import PARITY_KINDS, rate_report, rate_weights
 from problems.rates.models import build_scorer
-from problems.rates.plots import plot_tradeoff, plot_trajectories
 from problems.rates.training import (
     LoopResult,
     LoopSettings,
@@ -33,6 +32,7 @@ from problems.rates.training import (
 )
 from problems.scaffold.checkpoints import atomic_write_text, save_checkpoint
 from problems.scaffold.metrics_log import MetricsLogger
+from problems.scaffold.plots import plot_tradeoff, plot_trajectories
 from problems.scaffold.seeding import seed_everything
 
 __all__ = [

@@ -15,9 +15,9 @@ import cooper_like as cooper
 from problems.feasible.config import FeasibleConfig
 from problems.feasible.data import ClassificationData, load_feasible_data
 from problems.feasible.problem import FeasibleLearning
-from problems.rates.plots import plot_series
 from problems.scaffold.checkpoints import atomic_write_text, save_checkpoint
 from problems.scaffold.metrics_log import MetricsLogger
+from problems.scaffold.plots import plot_series
 from problems.scaffold.progress import progress
 from problems.scaffold.seeding import seed_everything
 

@@ -18,7 +18,6 @@ from problems.rates.kinds import RateKind
 from problems.rates.metrics import overall_rate, rate_report
 from problems.rates.models import build_scorer
 from problems.rates.neyman_pearson import NeymanPearson
-from problems.rates.plots import plot_tradeoff, plot_trajectories
 from problems.rates.training import (
     LoopResult,
     LoopSettings,
@@ -32,6 +31,7 @@ from problems.rates.training import (
 )
 from problems.scaffold.checkpoints import atomic_write_text, save_checkpoint
 from problems.scaffold.metrics_log import MetricsLogger
+from problems.scaffold.plots import plot_tradeoff, plot_trajectories
 from problems.scaffold.seeding import seed_everything
 
 __all__ = ["load_np_data", "train_neyman_pearson"]

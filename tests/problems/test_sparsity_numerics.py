@@ -12,10 +12,12 @@ import torch
 import cooper_like as cooper
 from cooper_like.optim import NonFiniteError
 from problems.scaffold.checkpoints import load_checkpoint
+from problems.scaffold.classification import AutocastForward
 from problems.scaffold.datasets import DataSplit, load_digits_split
+from problems.scaffold.loop import epoch_batches
 from problems.sparsity import train as trainer
 from problems.sparsity.config import SparsityConfig
-from problems.sparsity.train import AutocastForward, train
+from problems.sparsity.train import train
 
 
 def tiny(out: Path, **overrides: Any) -> SparsityConfig:
@@ -44,7 +46,7 @@ def poisoned_batches(config: SparsityConfig, epochs: int, num_samples: int) -> i
     return sum(
         any(int(index) < 3 for index in batch)
         for epoch in range(epochs)
-        for batch in trainer.epoch_batches(config, epoch, num_samples)
+        for batch in epoch_batches(num_samples, config.batch_size, config.seed, epoch)
     )
 
 

@@ -1,4 +1,7 @@
-"""PNG plots of a rate-constrained run: violations and multipliers over training, and the trade-off."""
+"""PNG plots of a run, written by every problem: columns of its metrics rows, and trade-off scatters.
+
+Every function returns ``False`` (and writes nothing) without matplotlib (the ``problems`` extra).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_series", "plot_tradeoff", "plot_trajectories"]
+__all__ = ["plot_series", "plot_tradeoff", "plot_trajectories", "pyplot"]
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend, or ``None`` without matplotlib."""
     try:
         import matplotlib
 
@@ -27,23 +31,30 @@ def plot_series(
     *,
     ylabel: str,
     title: str,
+    x: str = "step",
     zero_line: bool = False,
+    levels: Sequence[float] = (),
+    exact: bool = False,
 ) -> bool:
-    """One line per column of ``history`` starting with one of ``prefixes``, against ``step``.
+    """One line per column of ``history`` starting with one of ``prefixes`` (with ``exact``: named so),
+    against the column ``x``; dotted horizontal lines at 0 (``zero_line``) and at every value of ``levels``.
 
     Returns whether a file was written (False without matplotlib or without matching columns).
     """
-    plt = _pyplot()
-    keys = sorted({key for row in history for key in row if any(key.startswith(p) for p in prefixes)})
+    plt = pyplot()
+    if exact:
+        keys = [key for key in prefixes if any(key in row for row in history)]
+    else:
+        keys = sorted({key for row in history for key in row if any(key.startswith(p) for p in prefixes)})
     if plt is None or not keys:
         return False
-    steps = [row["step"] for row in history]
+    steps = [row[x] for row in history]
     figure, axis = plt.subplots(figsize=(6, 3.8))
     for key in keys:
         axis.plot(steps, [row.get(key, float("nan")) for row in history], label=key, linewidth=1.2)
-    if zero_line:
-        axis.axhline(0.0, color="black", linewidth=0.8, linestyle=":")
-    axis.set(xlabel="step", ylabel=ylabel, title=title)
+    for level in [0.0] * zero_line + list(levels):
+        axis.axhline(level, color="black", linewidth=0.8, linestyle=":")
+    axis.set(xlabel=x, ylabel=ylabel, title=title)
     if len(keys) <= 12:
         axis.legend(fontsize=7)
     figure.tight_layout()
@@ -80,7 +91,7 @@ def plot_tradeoff(
     extra_points: dict[str, tuple[float, float]] | None = None,
 ) -> bool:
     """Scatter of the candidates (coloured by order), the chosen ones circled, optional bound and points."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None or not xs:
         return False
     figure, axis = plt.subplots(figsize=(5.5, 4))
