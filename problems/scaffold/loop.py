@@ -173,7 +173,7 @@ class LoopSettings:
         batch_size: Mini-batch size (``>= num_examples``: full batch).
         even_batches: Cut each epoch into batches of equal size (:func:`epoch_batches`).
         log_every: A row every this many steps (and after the last one); ``None``: at every epoch's end.
-        out: Where checkpoints go (``None``: no checkpoint).
+        out: Where checkpoints go (``None``: no checkpoint); the same on every process (rank 0 writes).
         checkpoint_every: Also checkpoint every this many steps inside an epoch (``0``: at epoch ends only).
         resume: A run directory (or checkpoint file) to continue from.
         show_progress: A progress bar over the epochs on a terminal.

@@ -377,7 +377,7 @@ def train_session(config: SparsityConfig, session: Session, on_step: StepCallbac
     settings = LoopSettings(
         seed=config.seed,
         batch_size=config.batch_size,
-        out=out if session.writes else None,
+        out=out,
         checkpoint_every=config.checkpoint_every,
         resume=None if config.resume is None else Path(config.resume),
     )
