@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from problems.rates.config import RateTrainConfig
+from problems.scaffold.config import comma_separated
 
 __all__ = ["FairnessConfig", "SensitiveAttribute"]
 
@@ -76,9 +77,7 @@ class FairnessConfig(RateTrainConfig):
     @field_validator("sensitive", mode="before")
     @classmethod
     def _split_attributes(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return comma_separated(value)
 
     @field_validator("sensitive")
     @classmethod

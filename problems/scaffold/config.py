@@ -121,6 +121,13 @@ def _literal_converter(choices: Sequence[Any]) -> Callable[[str], Any]:
     return convert
 
 
+def comma_separated(value: object) -> object:
+    """A ``field_validator(mode="before")`` helper: ``"a, b"`` -> ``["a", "b"]``; other values unchanged."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
 def build_parser(
     model_cls: type[BaseModel],
     parser: argparse.ArgumentParser | None = None,

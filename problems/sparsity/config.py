@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from problems.scaffold.config import TrainConfig
+from problems.scaffold.config import TrainConfig, comma_separated
 
 Method = Literal["constrained", "penalized", "magnitude"]
 
@@ -179,8 +179,7 @@ class SparsityConfig(TrainConfig):
     @field_validator("target_density", mode="before")
     @classmethod
     def _split_targets(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part for part in value.split(",") if part.strip()]
+        value = comma_separated(value)
         if isinstance(value, (int, float)):
             return [value]
         return value

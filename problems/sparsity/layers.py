@@ -154,6 +154,13 @@ class L0Layer(nn.Module):
         """``deterministic_active() / weight_numel``."""
         return self.deterministic_active() / self.weight_numel
 
+    @torch.no_grad()
+    def copy_parameters(self, module: nn.Linear | nn.Conv2d) -> None:
+        """Copy the dense ``module``'s weight (and bias) into this layer's."""
+        self.weight.copy_(module.weight)
+        if module.bias is not None and self.bias is not None:
+            self.bias.copy_(module.bias)
+
     def _init_dense(self) -> None:
         """Same initialisation as ``nn.Linear``/``nn.Conv2d``: uniform, bound ``1/sqrt(fan_in)``."""
         fan_in = self.weight[0].numel()
@@ -249,10 +256,7 @@ class L0Linear(L0Layer):
             device=module.weight.device,
             dtype=module.weight.dtype,
         )
-        with torch.no_grad():
-            layer.weight.copy_(module.weight)
-            if module.bias is not None and layer.bias is not None:
-                layer.bias.copy_(module.bias)
+        layer.copy_parameters(module)
         return layer
 
     def extra_repr(self) -> str:
@@ -385,10 +389,7 @@ class L0Conv2d(L0Layer):
             device=module.weight.device,
             dtype=module.weight.dtype,
         )
-        with torch.no_grad():
-            layer.weight.copy_(module.weight)
-            if module.bias is not None and layer.bias is not None:
-                layer.bias.copy_(module.bias)
+        layer.copy_parameters(module)
         return layer
 
     def extra_repr(self) -> str:
