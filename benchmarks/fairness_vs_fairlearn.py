@@ -3,7 +3,7 @@
 What is measured
     On UCI Adult (train 32,561 / test 16,281, sensitive attribute ``sex``, fairlearn's preprocessing:
     every column but ``sex`` and ``income`` is a feature, one-hot over train+test, standardised on
-    train; implemented by ``problems.rates.adult.load_adult``), in one process and one thread
+    train; implemented by ``problems.common.rates.adult.load_adult``), in one process and one thread
     (``torch.set_num_threads(1)`` and ``threadpoolctl`` limits for scikit-learn's BLAS):
 
     * fairlearn (optional dependency, ``pip install fairlearn==0.15.0``): an unmitigated
@@ -65,12 +65,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from problems.common.rates.adult import load_adult  # noqa: E402
+from problems.common.rates.data import RateDataset  # noqa: E402
+from problems.common.rates.metrics import rate_report  # noqa: E402
 from problems.fairness.config import FairnessConfig  # noqa: E402
 from problems.fairness.train import train  # noqa: E402
-from problems.rates.adult import load_adult  # noqa: E402
 from problems.rates.config import NeymanPearsonConfig  # noqa: E402
-from problems.rates.data import RateDataset  # noqa: E402
-from problems.rates.metrics import rate_report  # noqa: E402
 from problems.rates.train_np import train_neyman_pearson  # noqa: E402
 
 EPSILON = 0.01

@@ -116,6 +116,12 @@ def shown(value: Any) -> str:
 
 def compare(old: Path, new: Path) -> str:
     lines = [
+        "# Every committed problem result, through the old trainers and through the shared loop",
+        "",
+        "Each run's headline metrics from `metrics.json`, old code (the per-problem training loops) against "
+        "new code (every problem on `problems/scaffold/loop.py`), same machine, same commands "
+        "(`benchmarks/loop_reproduction.py`). Wall times are not compared (the machine was shared).",
+        "",
         "| run | metric | old | new | identical |",
         "|---|---|---|---|---|",
     ]
@@ -124,8 +130,10 @@ def compare(old: Path, new: Path) -> str:
     for name, _, keys in RUNS:
         before, after = load(old, name), load(new, name)
         if before is None or after is None:
-            lines.append(f"| {name} | - | {'missing' if before is None else 'ok'} | "
-                         f"{'missing' if after is None else 'ok'} | - |")
+            lines.append(
+                f"| {name} | - | {'missing' if before is None else 'ok'} | "
+                f"{'missing' if after is None else 'ok'} | - |"
+            )
             continue
         same_run = True
         for key in keys:
@@ -149,10 +157,14 @@ def compare(old: Path, new: Path) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="train every committed configuration with one checkout")
-    run_parser.add_argument("--code", type=Path, required=True, help="checkout whose problems/ package to use")
+    run_parser.add_argument(
+        "--code", type=Path, required=True, help="checkout whose problems/ package to use"
+    )
     run_parser.add_argument("--out", type=Path, required=True, help="folder of the runs")
     run_parser.add_argument("--only", nargs="*", help="run only the names containing one of these")
     compare_parser = commands.add_parser("compare", help="old and new side by side")

@@ -1,6 +1,6 @@
 r"""After training: did the constraints hold, and how did the multipliers get there?
 
-Two kinds of helpers:
+Three kinds of helpers:
 
 - **Constraint report** (:func:`constraint_report`): evaluate every constraint of a problem on
   held-out data (and, optionally, on training data) by calling the problem's ``compute_cmp_state``
@@ -11,10 +11,12 @@ Two kinds of helpers:
 - **Metrics rows** (:func:`metrics_row`): one flat dict per step from a ``RollOut`` — loss, violation
   and strict violation of every observed constraint, multipliers (summary statistics for large ones),
   penalty coefficients, learning rates, skipped steps — ready for a logger.
-- **Trajectories** (:func:`read_metrics`, :func:`plot_multipliers`, :func:`plot_violations`): read a
-  metrics log written by ``problems.scaffold.metrics_log.MetricsLogger`` (``metrics.jsonl`` or
-  ``metrics.csv``) and plot the columns of the multipliers (``multiplier/...``) and of the violations
-  (``violation/...``, ``strict_violation/...``) against the step. Plotting needs matplotlib (the
+- **Trajectories** (:func:`plot_columns`, :func:`plot_multipliers`, :func:`plot_violations`,
+  :func:`trajectory_keys`): plot columns of metrics rows against the step — the multipliers
+  (``multiplier/...``), the violations (``violation/...``, ``strict_violation/...``) or any column.
+  Rows are a sequence of mappings: a list of :func:`metrics_row` dicts, ``MetricsLogger.rows``, or a
+  metrics log read back with ``problems.scaffold.metrics_log.read_metrics`` (the log's format belongs
+  to the logger that writes it; this module reads no file). Plotting needs matplotlib (the
   ``problems`` extra); it is imported inside the functions, so this module imports without it.
 
 Example:
@@ -24,13 +26,10 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -50,14 +49,13 @@ __all__ = [
     "ConstraintRow",
     "constraint_report",
     "metrics_row",
+    "plot_columns",
     "plot_multipliers",
     "plot_violations",
-    "read_metrics",
     "trajectory_keys",
 ]
 
 Measure = Literal["strict", "violation"]
-MetricsRow = dict[str, Any]
 
 MULTIPLIER_PREFIXES: tuple[str, ...] = ("multiplier/",)
 VIOLATION_PREFIXES: tuple[str, ...] = ("violation/", "strict_violation/")
@@ -487,80 +485,52 @@ def metrics_row(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Metrics logs and trajectories
+# Trajectories: columns of metrics rows against a column
 # ---------------------------------------------------------------------------------------------------
 
-
-def _csv_value(text: str) -> Any:
-    if text == "":
-        return None
-    try:
-        number = float(text)
-    except ValueError:
-        return {"True": True, "False": False}.get(text, text)
-    return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+LEGEND_MAX_LINES = 12  # more lines than this get no legend (it would hide the plot)
 
 
-def read_metrics(source: str | os.PathLike[str]) -> list[MetricsRow]:
-    """Read a metrics log written by ``MetricsLogger`` (one dict per logged row, in order).
+def _as_rows(rows: object, caller: str) -> list[Mapping[str, Any]]:
+    """``rows`` as a list of mappings; a path gets a ``TypeError`` saying how to read the log first."""
+    if isinstance(rows, (str, os.PathLike)):
+        raise TypeError(
+            f"{caller} takes rows (a sequence of mappings), not the path {os.fspath(rows)!r}: read the "
+            "metrics log first with `from problems.scaffold.metrics_log import read_metrics`, then pass "
+            "`read_metrics(path)` (or MetricsLogger.rows, or a list of metrics_row dicts)"
+        )
+    if isinstance(rows, Mapping):
+        raise TypeError(f"{caller} takes a sequence of rows, got a single mapping; pass [row]")
+    if not isinstance(rows, Iterable):
+        raise TypeError(f"{caller} takes rows (a sequence of mappings), got {type(rows).__name__}")
+    result = list(rows)
+    for index, row in enumerate(result):
+        if not isinstance(row, Mapping):
+            raise TypeError(
+                f"{caller}: row {index} is a {type(row).__name__}, not a mapping of column names to values"
+            )
+    return result
+
+
+def _prefix_tuple(prefixes: str | Sequence[str]) -> tuple[str, ...]:
+    return (prefixes,) if isinstance(prefixes, str) else tuple(prefixes)
+
+
+def trajectory_keys(rows: Sequence[Mapping[str, Any]], prefixes: str | Sequence[str]) -> list[str]:
+    """The columns of ``rows`` whose names start with one of ``prefixes``, in order of first appearance.
 
     Args:
-        source: ``metrics.jsonl``, ``metrics.csv`` (any file ending in ``.jsonl`` / ``.csv``), or a run
-            directory holding one of them (the JSON-lines file is preferred: it is complete even after
-            a crash).
-
-    Returns:
-        The rows; missing values (an empty CSV cell, a JSON ``null``) are ``None``.
+        rows: Metrics rows: ``MetricsLogger.rows``, ``read_metrics(path)`` (from
+            ``problems.scaffold.metrics_log``), a list of :func:`metrics_row` dicts...
+        prefixes: One prefix or several (``"multiplier/"``; ``("violation/", "strict_violation/")``).
 
     Raises:
-        FileNotFoundError: Neither file exists.
-        ValueError: The file is neither JSON lines nor CSV, or a JSON line is malformed.
+        TypeError: ``rows`` is a path (read it with ``read_metrics`` first) or not a sequence of
+            mappings.
     """
-    path = Path(source)
-    if path.is_dir():
-        for name in ("metrics.jsonl", "metrics.csv"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise FileNotFoundError(f"no metrics.jsonl or metrics.csv in {str(source)!r}")
-    if not path.is_file():
-        raise FileNotFoundError(f"no metrics log at {str(source)!r}")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not a JSON object ({error})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-        return rows
-    if path.suffix == ".csv":
-        return [
-            {key: _csv_value(value) for key, value in row.items()}
-            for row in csv.DictReader(text.splitlines())
-        ]
-    raise ValueError(f"read_metrics: expected a .jsonl or .csv file, got {str(path)!r}")
-
-
-def _rows(source: str | os.PathLike[str] | Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    if isinstance(source, (str, os.PathLike)):
-        return list(read_metrics(source))
-    return list(source)
-
-
-def trajectory_keys(
-    source: str | os.PathLike[str] | Sequence[Mapping[str, Any]], prefixes: str | Sequence[str]
-) -> list[str]:
-    """The columns of a log whose names start with one of ``prefixes``, in order of first appearance."""
-    wanted = (prefixes,) if isinstance(prefixes, str) else tuple(prefixes)
+    wanted = _prefix_tuple(prefixes)
     keys: dict[str, None] = {}
-    for row in _rows(source):
+    for row in _as_rows(rows, "trajectory_keys"):
         for key in row:
             if key.startswith(wanted):
                 keys.setdefault(key, None)
@@ -578,44 +548,122 @@ def _pyplot() -> Any:
     return plt
 
 
-def _plot(
-    source: str | os.PathLike[str] | Sequence[Mapping[str, Any]],
-    keys: Sequence[str] | None,
-    prefixes: Sequence[str],
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def plot_columns(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    keys: str | Sequence[str] | None = None,
+    prefixes: str | Sequence[str] = (),
+    x: str = "step",
+    ax: Axes | None = None,
+    path: str | os.PathLike[str] | None = None,
+    ylabel: str = "value",
+    title: str | None = None,
+    zero_line: bool = False,
+    levels: Sequence[float] = (),
+) -> Figure:
+    """Plot columns of metrics rows against the column ``x``: one line per column.
+
+    The primitive behind :func:`plot_multipliers` and :func:`plot_violations`. Each line has the
+    rows where its column holds a number (``None``, strings and booleans are skipped; NaN leaves a
+    gap); a row without ``x`` is placed at its index.
+
+    Args:
+        rows: Metrics rows: ``MetricsLogger.rows``, ``read_metrics(path)`` (from
+            ``problems.scaffold.metrics_log``), a list of :func:`metrics_row` dicts...
+        keys: The columns to plot, in this order (one name or several); by default every column
+            starting with one of ``prefixes``, in order of first appearance.
+        prefixes: Column prefixes used when ``keys`` is not given.
+        x: The column on the horizontal axis (``"step"``; ``"epoch"``...).
+        ax: A matplotlib ``Axes`` to draw into (a new figure otherwise).
+        path: If given, the figure is also saved there (PNG, SVG... from the suffix).
+        ylabel: Label of the vertical axis.
+        title: Title of the axes (none by default).
+        zero_line: Draw a dotted horizontal line at 0 (the feasibility line of a violation).
+        levels: Draw a dotted horizontal line at each of these values (targets, bounds).
+
+    Returns:
+        The matplotlib figure (close it with ``matplotlib.pyplot.close(figure)`` when done). It has a
+        legend when it shows at most 12 lines.
+
+    Raises:
+        TypeError: ``rows`` is a path (read it with ``read_metrics`` first) or not a sequence of
+            mappings.
+        ValueError: No column to plot (``keys`` is empty, or no column starts with ``prefixes``).
+        KeyError: A column of ``keys`` is in no row.
+        ImportError: matplotlib is not installed.
+    """
+    return _plot_columns(
+        rows,
+        keys=keys,
+        prefixes=prefixes,
+        x=x,
+        ax=ax,
+        path=path,
+        ylabel=ylabel,
+        title=title,
+        zero_line=zero_line,
+        levels=levels,
+        caller="plot_columns",
+    )
+
+
+def _plot_columns(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    keys: str | Sequence[str] | None,
+    prefixes: str | Sequence[str],
     x: str,
     ax: Axes | None,
     path: str | os.PathLike[str] | None,
     ylabel: str,
-    zero_line: bool,
+    title: str | None = None,
+    zero_line: bool = False,
+    levels: Sequence[float] = (),
+    caller: str,
 ) -> Figure:
-    rows = _rows(source)
-    chosen = list(keys) if keys is not None else trajectory_keys(rows, prefixes)
-    if not chosen:
-        columns = sorted({key for row in rows for key in row})
-        raise ValueError(
-            f"no column to plot: none starts with {list(prefixes)}; pass keys=[...] (columns: {columns})"
-        )
-    missing = [key for key in chosen if not any(key in row for row in rows)]
+    """:func:`plot_columns`, its error messages naming ``caller``."""
+    table = _as_rows(rows, caller)
+    columns = sorted({key for row in table for key in row})
+    if keys is None:
+        chosen = trajectory_keys(table, prefixes)
+        if not chosen:
+            raise ValueError(
+                f"{caller}: no column to plot: none starts with {list(_prefix_tuple(prefixes))}; "
+                f"pass keys=[...] (columns: {columns})"
+            )
+    else:
+        chosen = [keys] if isinstance(keys, str) else list(keys)
+        if not chosen:
+            raise ValueError(f"{caller}: keys is empty; name at least one column (columns: {columns})")
+    missing = [key for key in chosen if not any(key in row for row in table)]
     if missing:
-        raise KeyError(f"columns {missing} are not in the log")
+        raise KeyError(f"{caller}: columns {missing} are not in the log")
     plt = _pyplot()
     if ax is None:
-        figure, ax = plt.subplots(figsize=(6, 3.5))
+        figure, ax = plt.subplots(figsize=(6, 3.8))
     else:
         figure = ax.figure
+    drawn = 0
     for key in chosen:
         points = [
-            (row.get(x, index), row[key])
-            for index, row in enumerate(rows)
-            if isinstance(row.get(key), (int, float)) and not isinstance(row.get(key), bool)
+            (row.get(x, index), row[key]) for index, row in enumerate(table) if _is_number(row.get(key))
         ]
         if points:
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
-    if zero_line:
-        ax.axhline(0.0, color="black", linewidth=0.8)
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=key, linewidth=1.2)
+            drawn += 1
+    horizontal = ([0.0] if zero_line else []) + [float(value) for value in levels]
+    for level in horizontal:
+        ax.axhline(level, color="black", linewidth=0.8, linestyle=":")
     ax.set_xlabel(x)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
+    if title is not None:
+        ax.set_title(title)
+    if 0 < drawn <= LEGEND_MAX_LINES:
+        ax.legend(fontsize=7)
     if path is not None:
         figure.tight_layout()
         figure.savefig(path, dpi=100)
@@ -623,18 +671,20 @@ def _plot(
 
 
 def plot_multipliers(
-    source: str | os.PathLike[str] | Sequence[Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
     *,
-    keys: Sequence[str] | None = None,
+    keys: str | Sequence[str] | None = None,
     prefixes: Sequence[str] = MULTIPLIER_PREFIXES,
     x: str = "step",
     ax: Axes | None = None,
     path: str | os.PathLike[str] | None = None,
 ) -> Figure:
-    """Plot the multiplier trajectories of a metrics log.
+    """Plot the multiplier trajectories of metrics rows (:func:`plot_columns` with the multipliers).
 
     Args:
-        source: A log file or run directory (see :func:`read_metrics`), or rows already read.
+        rows: Metrics rows: ``MetricsLogger.rows``, ``read_metrics(path)`` (from
+            ``problems.scaffold.metrics_log``; a path itself is a ``TypeError``), a list of
+            :func:`metrics_row` dicts...
         keys: Columns to plot; by default every column starting with one of ``prefixes``.
         prefixes: Column prefixes of the multipliers (``"multiplier/"``).
         x: The column on the horizontal axis (``"step"``; ``"epoch"``...).
@@ -645,24 +695,43 @@ def plot_multipliers(
         The matplotlib figure (close it with ``matplotlib.pyplot.close(figure)`` when done).
 
     Raises:
-        ValueError: No column to plot. KeyError: a requested column is not in the log.
-        ImportError: matplotlib is not installed.
+        TypeError: ``rows`` is a path or not a sequence of mappings. ValueError: no column to plot.
+        KeyError: a requested column is not in the rows. ImportError: matplotlib is not installed.
     """
-    return _plot(source, keys, prefixes, x, ax, path, "multiplier", zero_line=False)
+    return _plot_columns(
+        rows,
+        keys=keys,
+        prefixes=prefixes,
+        x=x,
+        ax=ax,
+        path=path,
+        ylabel="multiplier",
+        caller="plot_multipliers",
+    )
 
 
 def plot_violations(
-    source: str | os.PathLike[str] | Sequence[Mapping[str, Any]],
+    rows: Sequence[Mapping[str, Any]],
     *,
-    keys: Sequence[str] | None = None,
+    keys: str | Sequence[str] | None = None,
     prefixes: Sequence[str] = VIOLATION_PREFIXES,
     x: str = "step",
     ax: Axes | None = None,
     path: str | os.PathLike[str] | None = None,
 ) -> Figure:
-    """Plot the violation trajectories of a metrics log, with the feasibility line :math:`g = 0`.
+    """Plot the violation trajectories of metrics rows, with the feasibility line :math:`g = 0`.
 
     Same arguments as :func:`plot_multipliers`; the default columns are those starting with
     ``"violation/"`` or ``"strict_violation/"``.
     """
-    return _plot(source, keys, prefixes, x, ax, path, "violation", zero_line=True)
+    return _plot_columns(
+        rows,
+        keys=keys,
+        prefixes=prefixes,
+        x=x,
+        ax=ax,
+        path=path,
+        ylabel="violation",
+        zero_line=True,
+        caller="plot_violations",
+    )

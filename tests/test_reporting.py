@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy
 import pytest
@@ -14,9 +16,9 @@ from cooper_like.reporting import (
     ConstraintReport,
     constraint_report,
     metrics_row,
+    plot_columns,
     plot_multipliers,
     plot_violations,
-    read_metrics,
     trajectory_keys,
 )
 
@@ -244,84 +246,154 @@ def test_argument_errors(problem: Mixed) -> None:
         constraint_report(NotAState(6), TEST)
 
 
-# --- metrics logs ----------------------------------------------------------------------------------
+# --- trajectories ------------------------------------------------------------------------------------
+
+# Rows as a metrics log holds them (read back with problems.scaffold.metrics_log.read_metrics, say):
+# a column may start late ("strict_violation/rate"), a value may be missing (None: NaN in JSON lines).
+LOG: list[dict[str, Any]] = [
+    {"step": 0, "loss": 1.0, "multiplier/rate": 0.0, "violation/rate": 0.4},
+    {"step": 1, "loss": 0.8, "multiplier/rate": 0.2, "violation/rate": 0.1, "strict_violation/rate": 0.0},
+    {"step": 2, "loss": None, "multiplier/rate": 0.25, "violation/rate": -0.05, "note": "ok"},
+]
 
 
-def write_log(directory: Path) -> Path:
-    from problems.scaffold.metrics_log import MetricsLogger
-
-    with MetricsLogger(directory, tensorboard=False) as logger:
-        logger.log(0, loss=1.0, **{"multiplier/rate": 0.0, "violation/rate": 0.4})
-        logger.log(
-            1, loss=0.8, **{"multiplier/rate": 0.2, "violation/rate": 0.1, "strict_violation/rate": 0.0}
-        )
-        logger.log(2, loss=float("nan"), **{"multiplier/rate": 0.25, "violation/rate": -0.05, "note": "ok"})
-    return directory
-
-
-def test_read_metrics_jsonl_csv_and_directory(tmp_path: Path) -> None:
-    run = write_log(tmp_path / "run")
-    from_jsonl = read_metrics(run / "metrics.jsonl")
-    from_csv = read_metrics(run / "metrics.csv")
-    assert read_metrics(run) == from_jsonl  # a directory prefers the JSON lines
-    assert [row["step"] for row in from_jsonl] == [0, 1, 2]
-    assert from_jsonl[2]["loss"] is None  # NaN is written as null
-    assert [row["multiplier/rate"] for row in from_csv] == [0.0, 0.2, 0.25]
-    assert from_csv[0]["strict_violation/rate"] is None and from_csv[2]["note"] == "ok"
-    assert isinstance(from_csv[0]["step"], int)
-    assert trajectory_keys(run, ("violation/", "strict_violation/")) == [
-        "violation/rate",
-        "strict_violation/rate",
-    ]
-    assert trajectory_keys(from_csv, "multiplier/") == ["multiplier/rate"]
-
-
-def test_read_metrics_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no metrics.jsonl or metrics.csv"):
-        read_metrics(tmp_path)
-    with pytest.raises(FileNotFoundError, match="no metrics log at"):
-        read_metrics(tmp_path / "missing.jsonl")
-    (tmp_path / "bad.jsonl").write_text('{"step": 0}\nnot json\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: not a JSON object"):
-        read_metrics(tmp_path / "bad.jsonl")
-    (tmp_path / "list.jsonl").write_text("[1, 2]\n")
-    with pytest.raises(ValueError, match="expected a JSON object, got list"):
-        read_metrics(tmp_path / "list.jsonl")
-    (tmp_path / "log.txt").write_text("step\n0\n")
-    with pytest.raises(ValueError, match=r"expected a .jsonl or .csv file"):
-        read_metrics(tmp_path / "log.txt")
-
-
-def test_plots(tmp_path: Path) -> None:
+@pytest.fixture
+def pyplot() -> Any:
     pytest.importorskip("matplotlib")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run = write_log(tmp_path / "run")
-    figure = plot_multipliers(run, path=tmp_path / "multipliers.png")
+    yield plt
+    plt.close("all")
+
+
+def labelled_lines(axis: Any) -> list[str]:
+    """Labels of the data lines (the horizontal reference lines have matplotlib's ``_child`` labels)."""
+    return [str(line.get_label()) for line in axis.get_lines() if not str(line.get_label()).startswith("_")]
+
+
+def test_trajectory_keys_in_order_of_first_appearance() -> None:
+    assert trajectory_keys(LOG, ("violation/", "strict_violation/")) == [
+        "violation/rate",
+        "strict_violation/rate",
+    ]
+    assert trajectory_keys(LOG, "multiplier/") == ["multiplier/rate"]
+    assert trajectory_keys(iter(LOG), ["lambda/"]) == []
+    assert trajectory_keys([], "multiplier/") == []
+
+
+@pytest.mark.parametrize("function", [plot_columns, plot_multipliers, plot_violations])
+@pytest.mark.parametrize("source", ["runs/demo", Path("runs/demo")], ids=["str", "Path"])
+def test_a_path_is_refused_with_the_reader_to_use(function: Any, source: Any) -> None:
+    # checked before matplotlib is needed: the message is the same with or without it
+    with pytest.raises(TypeError) as raised:
+        function(source)
+    message = str(raised.value)
+    assert message.startswith(
+        f"{function.__name__} takes rows (a sequence of mappings), not the path 'runs/demo'"
+    )
+    assert (
+        "`from problems.scaffold.metrics_log import read_metrics`, then pass `read_metrics(path)`" in message
+    )
+    with pytest.raises(TypeError, match=r"^trajectory_keys takes rows .*read_metrics\(path\)"):
+        trajectory_keys(source, "multiplier/")
+
+
+def test_rows_that_are_not_a_sequence_of_mappings_are_refused() -> None:
+    with pytest.raises(
+        TypeError, match=r"^trajectory_keys takes a sequence of rows, got a single mapping; pass \[row\]"
+    ):
+        trajectory_keys(LOG[0], "multiplier/")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="^plot_columns takes rows \\(a sequence of mappings\\), got int"):
+        plot_columns(3, keys=["loss"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="^plot_multipliers: row 1 is a tuple, not a mapping of column names"):
+        plot_multipliers([LOG[0], ("multiplier/rate", 0.2)])  # type: ignore[list-item]
+
+
+def test_column_errors() -> None:
+    # raised before matplotlib is imported
+    with pytest.raises(KeyError, match=r"plot_multipliers: columns \['missing'\] are not in the log"):
+        plot_multipliers(LOG, keys=["missing"])
+    with pytest.raises(
+        ValueError, match=r"plot_multipliers: no column to plot: none starts with \['lambda/'\]"
+    ):
+        plot_multipliers(LOG, prefixes=("lambda/",))
+    with pytest.raises(
+        ValueError, match=r"plot_columns: no column to plot: none starts with \[\]; pass keys="
+    ):
+        plot_columns(LOG)  # no keys, no prefixes
+    with pytest.raises(
+        ValueError, match=r"plot_violations: keys is empty; name at least one column \(columns: \["
+    ):
+        plot_violations(LOG, keys=[])
+
+
+def test_plot_multipliers_and_violations(tmp_path: Path, pyplot: Any) -> None:
+    figure = plot_multipliers(LOG, path=tmp_path / "multipliers.png")
     assert (tmp_path / "multipliers.png").stat().st_size > 0
-    assert [line.get_label() for line in figure.axes[0].get_lines()] == ["multiplier/rate"]
-    plt.close(figure)
+    assert labelled_lines(figure.axes[0]) == ["multiplier/rate"]
+    assert figure.axes[0].get_ylabel() == "multiplier" and figure.axes[0].get_xlabel() == "step"
 
-    figure, axis = plt.subplots()
-    returned = plot_violations(read_metrics(run), ax=axis)
+    figure, axis = pyplot.subplots()
+    returned = plot_violations(LOG, ax=axis)
     assert returned is figure
-    labels = [str(line.get_label()) for line in axis.get_lines() if not str(line.get_label()).startswith("_")]
-    assert labels == ["violation/rate", "strict_violation/rate"]
-    ys = axis.get_lines()[0].get_ydata()
-    assert numpy.asarray(ys).tolist() == [0.4, 0.1, -0.05]
-    plt.close(figure)
+    assert labelled_lines(axis) == ["violation/rate", "strict_violation/rate"]
+    assert numpy.asarray(axis.get_lines()[0].get_ydata()).tolist() == [0.4, 0.1, -0.05]
+    zero = [line for line in axis.get_lines() if str(line.get_label()).startswith("_")]
+    assert [numpy.asarray(line.get_ydata()).tolist() for line in zero] == [[0.0, 0.0]]  # g = 0
 
-    figure = plot_violations(run, keys=["loss"], x="step")  # any column; the None (NaN) row is skipped
+    figure = plot_violations(LOG, keys=["loss"], x="step")  # any column; the None row is skipped
     assert numpy.asarray(figure.axes[0].get_lines()[0].get_xdata()).tolist() == [0, 1]
-    plt.close(figure)
 
-    with pytest.raises(KeyError, match=r"columns \['missing'\] are not in the log"):
-        plot_multipliers(run, keys=["missing"])
-    with pytest.raises(ValueError, match="no column to plot: none starts with"):
-        plot_multipliers(run, prefixes=("lambda/",))
+
+def test_plot_columns(tmp_path: Path, pyplot: Any) -> None:
+    figure = plot_columns(
+        LOG,
+        keys="loss",  # one name
+        x="step",
+        path=tmp_path / "loss.svg",
+        ylabel="loss",
+        title="training loss",
+        levels=(0.5, 0.9),
+    )
+    axis = figure.axes[0]
+    assert (tmp_path / "loss.svg").read_text().startswith("<?xml")
+    assert labelled_lines(axis) == ["loss"]
+    assert axis.get_title() == "training loss" and axis.get_ylabel() == "loss"
+    references = [line for line in axis.get_lines() if str(line.get_label()).startswith("_")]
+    assert [float(numpy.asarray(line.get_ydata())[0]) for line in references] == [0.5, 0.9]
+    assert axis.get_legend() is not None
+
+    # keys keep their order; rows without x are placed at their index; NaN stays (a gap); bools are skipped
+    rows = [{"a": 1.0, "b": True}, {"step": 5, "a": float("nan"), "b": 2}, {"a": 3, "b": "x"}]
+    figure = plot_columns(rows, keys=["b", "a"], zero_line=True)
+    b, a = figure.axes[0].get_lines()[:2]
+    assert numpy.asarray(b.get_xdata()).tolist() == [5] and numpy.asarray(b.get_ydata()).tolist() == [2]
+    assert numpy.asarray(a.get_xdata()).tolist() == [0, 5, 2]
+    assert numpy.isnan(numpy.asarray(a.get_ydata())[1])
+
+    # prefixes, in order of first appearance; no legend over 12 lines
+    wide = [{"step": 0, **{f"multiplier/layer/{i}": float(i) for i in range(13)}}]
+    figure = plot_columns(wide, prefixes="multiplier/")
+    assert len(labelled_lines(figure.axes[0])) == 13 and figure.axes[0].get_legend() is None
+    assert labelled_lines(figure.axes[0])[:2] == ["multiplier/layer/0", "multiplier/layer/1"]
+
+
+def test_the_library_imports_no_problem() -> None:
+    """``cooper_like`` is the layer below ``problems``: not one of its modules imports it."""
+    library = Path(cooper.__file__).parent
+    offenders = []
+    for source in sorted(library.rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            offenders += [f"{source.name}: {name}" for name in names if name.split(".")[0] == "problems"]
+    assert offenders == []
 
 
 # --- metrics rows ------------------------------------------------------------------------------------
@@ -377,13 +449,7 @@ def test_metrics_row_large_vectors_and_alone(problem: Mixed) -> None:
         metrics_row(roll_out, max_entries=0)
 
 
-def test_metrics_rows_feed_the_logger_and_the_plots(problem: Mixed, tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def test_metrics_rows_feed_the_logger_and_the_plots(problem: Mixed, tmp_path: Path, pyplot: Any) -> None:
     from problems.scaffold.metrics_log import MetricsLogger
 
     x = torch.tensor([2.0, 1.0, 1.0], requires_grad=True)
@@ -392,11 +458,13 @@ def test_metrics_rows_feed_the_logger_and_the_plots(problem: Mixed, tmp_path: Pa
         torch.optim.SGD([x], lr=0.1),
         torch.optim.SGD(problem.dual_parameters(), lr=0.1, maximize=True),
     )
+    rows = []
     with MetricsLogger(tmp_path, tensorboard=False) as logger:
         for step in range(3):
             roll_out = optimizer.roll({"x": x, "d": TRAIN["d"], "ids": TRAIN["ids"]})
+            rows.append({"step": step, **metrics_row(roll_out, problem, optimizer)})
             logger.log(step, **metrics_row(roll_out, problem, optimizer))
-    assert "multiplier/mean_bound" in trajectory_keys(tmp_path, "multiplier/")
-    figure = plot_multipliers(tmp_path, keys=["multiplier/mean_bound"])
-    assert numpy.asarray(figure.axes[0].get_lines()[0].get_xdata()).tolist() == [0, 1, 2]
-    plt.close(figure)
+    assert "multiplier/mean_bound" in trajectory_keys(logger.rows, "multiplier/")
+    for source in (logger.rows, rows):  # the logger's rows, or the metrics_row dicts themselves
+        figure = plot_multipliers(source, keys=["multiplier/mean_bound"])
+        assert numpy.asarray(figure.axes[0].get_lines()[0].get_xdata()).tolist() == [0, 1, 2]

@@ -2,10 +2,11 @@
 
 - ``problem``: :class:`FairClassification`, one rate-parity constraint per compared rate.
 - ``config``: :class:`FairnessConfig`, every flag of ``python -m problems.fairness train``.
-- ``train``: the run (Adult by default): primal-dual loop, returned model, ``metrics.json``, plots.
+- ``train``: the run (Adult by default): the shared loop with candidate iterates, returned model,
+  ``metrics.json``, plots.
 
 The rate toolkit it builds on (proxy and true rates, groups, Adult, model choice) is
-:mod:`problems.rates`.
+:mod:`problems.common.rates`.
 """
 
 from problems.fairness.config import FairnessConfig

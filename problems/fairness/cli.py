@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Sequence
+from typing import Any
 
 from problems.fairness.config import FairnessConfig
-from problems.scaffold.config import build_parser, config_from_namespace
+from problems.scaffold.cli import Command, run_cli
 
 SUMMARY_KEYS = (
     "test_accuracy",
@@ -26,16 +24,23 @@ SUMMARY_KEYS = (
 )
 
 
+def train(config: FairnessConfig) -> dict[str, Any]:
+    from problems.fairness.train import train as train_fair_classifier
+
+    return train_fair_classifier(config)
+
+
+COMMANDS = (
+    Command(
+        "train",
+        "train one fair classifier on Adult",
+        config=FairnessConfig,
+        run=train,
+        summary=SUMMARY_KEYS,
+    ),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the command line, train, print a JSON summary; invalid values exit with status 2."""
-    parser = argparse.ArgumentParser(prog="python -m problems.fairness", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    build_parser(FairnessConfig, commands.add_parser("train", help="train one fair classifier on Adult"))
-    arguments = parser.parse_args(argv)
-    config = config_from_namespace(FairnessConfig, arguments, parser)
-    from problems.fairness.train import train
-
-    metrics = train(config)
-    json.dump({key: metrics[key] for key in SUMMARY_KEYS}, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0
+    return run_cli("python -m problems.fairness", __doc__, COMMANDS, argv)

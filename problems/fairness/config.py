@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from problems.rates.config import RateTrainConfig
+from problems.common.rates.config import RateTrainConfig
 from problems.scaffold.config import comma_separated
 
 __all__ = ["FairnessConfig", "SensitiveAttribute"]
@@ -27,7 +27,7 @@ class FairnessConfig(RateTrainConfig):
     higher test accuracy on equalized odds, 0.845 against 0.842). MLP (64 ReLU units): 600 steps at
     lr 0.01 with weight decay 3 (it overfits Adult otherwise) and dual lr 0.2, reading its numerical
     inputs through a 16-bin piecewise-linear encoding (``numeric_bins``,
-    :class:`~problems.rates.models.PiecewiseLinearBins`). The encoding is what lifts the MLP above
+    :class:`~problems.common.rates.models.PiecewiseLinearBins`). The encoding is what lifts the MLP above
     0.840 test accuracy at a DP difference <= 0.015: with weight decay 3 a ReLU layer cannot carve the
     spike at zero and the steps of capital gain and loss, so its scores rank the examples near the
     fair decision boundary worse. Chosen without the test set: on a 20% validation split of the

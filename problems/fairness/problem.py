@@ -10,7 +10,7 @@ opportunity true-positive rates, equalized odds true- and false-positive rates (
 ``DemographicParity``, ``TruePositiveRateParity`` and ``EqualizedOdds`` with ``difference_bound``).
 Each rate is one :class:`~cooper_like.Constraint` with an
 :class:`~cooper_like.multipliers.IndexedMultiplier` over its :math:`2G` rows; proxy rates drive the
-model and true rates the multipliers (see :mod:`problems.rates.constraints`).
+model and true rates the multipliers (see :mod:`problems.common.rates.constraints`).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 import cooper_like as cooper
-from problems.rates.constraints import RateParity
-from problems.rates.kinds import RateKind
-from problems.rates.proxies import Proxy
+from problems.common.rates.constraints import RateParity
+from problems.common.rates.kinds import RateKind
+from problems.common.rates.proxies import Proxy
 
 __all__ = ["CRITERIA", "Criterion", "FairClassification"]
 

@@ -1,8 +1,7 @@
-"""A fairness training run: data, problem, primal-dual loop, the returned model, metrics and plots."""
+"""A fairness run: data, problem, the shared loop with candidates, the returned model, metrics and plots."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,28 +11,14 @@ import numpy as np
 import torch
 
 import cooper_like as cooper
+from problems.common.rates import candidates, runs
+from problems.common.rates.adult import load_adult
+from problems.common.rates.data import LabeledSplit, RateDataset
+from problems.common.rates.kinds import RateKind
+from problems.common.rates.metrics import PARITY_KINDS, rate_weights
+from problems.common.rates.models import build_scorer
 from problems.fairness.config import FairnessConfig
 from problems.fairness.problem import CRITERIA, FairClassification
-from problems.rates.adult import load_adult
-from problems.rates.data import LabeledSplit, RateDataset
-from problems.rates.kinds import RateKind
-from problems.rates.metrics import PARITY_KINDS, rate_report, rate_weights
-from problems.rates.models import build_scorer
-from problems.rates.training import (
-    LoopResult,
-    LoopSettings,
-    build_dual_optimizer,
-    build_primal_optimizer,
-    build_schedulers,
-    chosen_positive_probability,
-    multiplier_values,
-    run_primal_dual,
-    steps_per_epoch,
-)
-from problems.scaffold.checkpoints import atomic_write_text, save_checkpoint
-from problems.scaffold.metrics_log import MetricsLogger
-from problems.scaffold.plots import plot_tradeoff, plot_trajectories
-from problems.scaffold.seeding import seed_everything
 
 __all__ = [
     "EPSILON_SEMANTICS",
@@ -79,7 +64,7 @@ def criterion_key(criterion: str) -> str:
 
 def split_rate_weights(kinds: Iterable[RateKind], split: LabeledSplit) -> dict[RateKind, torch.Tensor]:
     """Per rate, weights ``(G + 1, n)`` whose product with the predictions gives its rate in every group,
-    then over everyone (:func:`~problems.rates.metrics.rate_weights`); built once per split."""
+    then over everyone (:func:`~problems.common.rates.metrics.rate_weights`); built once per split."""
     membership = torch.cat([split.membership, torch.ones_like(split.membership[:1])])
     return {RateKind(kind): rate_weights(kind, split.y, membership) for kind in kinds}
 
@@ -116,19 +101,13 @@ def build(
     FairClassification, cooper.optim.SimultaneousOptimizer, list[torch.optim.lr_scheduler.LRScheduler]
 ]:
     """The problem, its optimizer (AdamW on the model, SGD or nuPI on the multipliers) and the lr schedulers."""
-    settings = config.resolved()
     bins = config.numeric_bins or 0
     model = build_scorer(config.model, data.num_features, config.hidden, config.depth, bins, data.train.x)
     problem = FairClassification(
         model, config.constraint, data.groups.num_groups, config.epsilon, config.proxy, config.temperature
     )
-    primal = build_primal_optimizer(model.parameters(), settings.lr, config.beta1, settings.weight_decay)
-    dual = build_dual_optimizer(
-        config.dual_optimizer, problem.dual_parameters(), settings.dual_lr, config.nupi_kp, config.nupi_ema_nu
-    )
-    total = settings.epochs * steps_per_epoch(data.train.num_examples, settings.batch_size)
-    schedulers = build_schedulers(primal, config.lr_schedule, total, config.lr_final_fraction)
-    return problem, cooper.optim.SimultaneousOptimizer(problem, primal, dual), schedulers
+    optimizer, schedulers = candidates.build_optimizer(config, problem, model, data.train.num_examples)
+    return problem, optimizer, schedulers
 
 
 def train(config: FairnessConfig, data: RateDataset | None = None) -> dict[str, Any]:
@@ -148,12 +127,7 @@ def train(config: FairnessConfig, data: RateDataset | None = None) -> dict[str, 
     """
     if data is None:
         data = load_data(config)
-    started = time.perf_counter()
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    out, started = runs.start_run(config)
     data.check_groups(list(CRITERIA[config.constraint].values()))
     problem, optimizer, schedulers = build(config, data)
     model = problem.model
@@ -188,33 +162,12 @@ def train(config: FairnessConfig, data: RateDataset | None = None) -> dict[str, 
             )
         return row
 
-    resolved = config.resolved()
-    settings = LoopSettings(
-        resolved.epochs, resolved.batch_size, resolved.log_every, config.seed, config.selection
+    result = candidates.fit_candidates(
+        config, problem, optimizer, model, data, measure, row_metrics, schedulers, out
     )
-    with MetricsLogger(out) as logger:
-        result = run_primal_dual(
-            problem, optimizer, model, data, settings, measure, logger, row_metrics, schedulers
-        )
-
-    if len(result.choice.indices) == 1:
-        model.load_state_dict(result.candidates[result.choice.indices[0]].state)
     fit_seconds = time.perf_counter() - started
     metrics = final_metrics(config, data, problem, result, fit_seconds)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    save_checkpoint(
-        {
-            "model": model.state_dict(),
-            "mixture": {
-                "probabilities": result.choice.probabilities,
-                "states": [result.candidates[i].state for i in result.choice.indices],
-            },
-            "problem": problem.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "config": config.model_dump(mode="json"),
-        },
-        out / "model.pt",
-    )
+    runs.save_outputs(out, metrics, model, result, problem, optimizer, config)
     plot_run(config, result, metrics, out)
     return metrics
 
@@ -223,66 +176,43 @@ def final_metrics(
     config: FairnessConfig,
     data: RateDataset,
     problem: FairClassification,
-    result: LoopResult,
+    result: candidates.CandidateResult,
     wall_time_s: float | None = None,
 ) -> dict[str, Any]:
     """Metrics of the returned model (and of the last iterate, for comparison) on every split.
 
-    ``wall_time_s``: the training time to report (default: the loop's, ``result.wall_time_s``).
+    ``wall_time_s``: the training time to report (default: the run's, ``result.wall_time_s``).
     """
-    model = problem.model
-    metrics: dict[str, Any] = {}
-    partitions = data.groups.partitions
-    for split_name, split in data.splits().items():
-        chosen = chosen_positive_probability(model, result.candidates, result.choice, split.x)
-        report = rate_report(chosen, split.y, split.membership, partitions)
-        for name in REPORTED_KEYS:
-            metrics[f"{split_name}_{name}"] = report[name]
-        metrics[f"{split_name}_group_rates"] = report["group_rates"]
-    last = result.candidates[-1]
-    last_probability = chosen_positive_probability(
-        model, result.candidates, len(result.candidates) - 1, data.test.x
-    )
-    last_report = rate_report(last_probability, data.test.y, data.test.membership, partitions)
-    metrics["last_iterate"] = {
-        "step": last.step,
-        **{f"test_{name}": last_report[name] for name in ("accuracy", "dp_difference", "eo_difference")},
-    }
+    model, partitions = problem.model, data.groups.partitions
+    metrics = runs.split_metrics(model, result, data.splits(), (*REPORTED_KEYS, "group_rates"), partitions)
+    last_keys = ("accuracy", "dp_difference", "eo_difference")
+    metrics["last_iterate"] = runs.last_iterate_metrics(model, result, data.test, last_keys, partitions)
     metrics.update(
         {
-            "returned": result.choice.describe(result.candidates),
-            "deterministic": len(result.choice.indices) == 1,
-            "wall_time_s": result.wall_time_s if wall_time_s is None else wall_time_s,
-            "steps": result.steps,
+            **result.summary(wall_time_s),
             "skipped_group_constraints": problem.skipped,
-            "multipliers": multiplier_values(problem),
+            "multipliers": candidates.multiplier_values(problem),
             "constraint": config.constraint,
             "epsilon": config.epsilon,
             "epsilon_semantics": EPSILON_SEMANTICS,
             "groups": data.groups.names,
             "group_shares_train": (data.train.membership.double().mean(dim=1)).tolist(),
-            "num_train": data.train.num_examples,
-            "num_validation": 0 if data.validation is None else data.validation.num_examples,
-            "num_test": data.test.num_examples,
-            "config": config.model_dump(mode="json"),
+            **runs.data_summary(config, data),
         }
     )
     return metrics
 
 
-def plot_run(config: FairnessConfig, result: LoopResult, metrics: dict[str, Any], out: Path) -> None:
+def plot_run(
+    config: FairnessConfig, result: candidates.CandidateResult, metrics: dict[str, Any], out: Path
+) -> None:
     """violations.png, multipliers.png and tradeoff.png (accuracy vs unfairness of the candidates)."""
-    plot_trajectories(result.history, out, violation_ylabel="max true violation (rate gap - epsilon)")
     key = criterion_key(config.constraint)
-    xs = [float(row.get(f"selection_{key}_difference", float("nan"))) for row in result.history]
-    ys = [float(row.get("selection_accuracy", float("nan"))) for row in result.history]
-    plot_tradeoff(
-        xs,
-        ys,
-        result.choice.indices,
-        out / "tradeoff.png",
-        xlabel=f"{key} difference (max - min)",
-        ylabel="accuracy",
-        title="candidates on the selection split",
-        extra_points={"returned, test": (metrics[f"test_{key}_difference"], metrics["test_accuracy"])},
+    runs.plot_candidates(
+        result,
+        out,
+        violation_ylabel="max true violation (rate gap - epsilon)",
+        columns=(f"selection_{key}_difference", "selection_accuracy"),
+        labels=(f"{key} difference (max - min)", "accuracy"),
+        returned_test=(metrics[f"test_{key}_difference"], metrics["test_accuracy"]),
     )

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Sequence
+from typing import Any
 
 from problems.feasible.config import FeasibleConfig
-from problems.scaffold.config import build_parser, config_from_namespace
+from problems.scaffold.cli import Command, run_cli
 
 SUMMARY_KEYS = (
     "train_fraction_feasible",
@@ -22,18 +20,23 @@ SUMMARY_KEYS = (
 )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the command line, train, print a JSON summary; invalid values exit with status 2."""
-    parser = argparse.ArgumentParser(prog="python -m problems.feasible", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    build_parser(
-        FeasibleConfig, commands.add_parser("train", help="fit every training example to loss <= epsilon")
-    )
-    arguments = parser.parse_args(argv)
-    config = config_from_namespace(FeasibleConfig, arguments, parser)
+def train(config: FeasibleConfig) -> dict[str, Any]:
     from problems.feasible.train import train_feasible
 
-    metrics = train_feasible(config)
-    json.dump({key: metrics[key] for key in SUMMARY_KEYS}, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0
+    return train_feasible(config)
+
+
+COMMANDS = (
+    Command(
+        "train",
+        "fit every training example to loss <= epsilon",
+        config=FeasibleConfig,
+        run=train,
+        summary=SUMMARY_KEYS,
+    ),
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, train, print a JSON summary; invalid values exit with status 2."""
+    return run_cli("python -m problems.feasible", __doc__, COMMANDS, argv)

@@ -8,22 +8,19 @@ random (those examples can only be fit by memorising them). It is generated in c
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
-from problems.scaffold.datasets import load_digits_split, mnist5k_split
+from problems.scaffold.datasets import DataSplit, load_digits_split, mnist5k_split
 
 __all__ = ["ClassificationData", "load_feasible_data", "synthetic_classification"]
 
 
-class ClassificationData(NamedTuple):
-    """Train/test features (float32) and labels (int64)."""
+class ClassificationData(DataSplit):
+    """Train/test features (float32) and labels (int64): a :class:`~problems.scaffold.datasets.DataSplit`
+    that knows its number of classes.
+    """
 
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+    __slots__ = ()
 
     @property
     def num_classes(self) -> int:

@@ -16,12 +16,12 @@ from problems.feasible.config import FeasibleConfig
 from problems.feasible.data import ClassificationData, load_feasible_data
 from problems.feasible.problem import FeasibleLearning
 from problems.scaffold.checkpoints import atomic_write_text, save_checkpoint
+from problems.scaffold.loop import Active, LoopSettings, Moment, Stage, Task, fit
 from problems.scaffold.metrics_log import MetricsLogger
 from problems.scaffold.plots import plot_series
-from problems.scaffold.progress import progress
 from problems.scaffold.seeding import seed_everything
 
-__all__ = ["build_classifier", "build_feasible", "evaluate", "train_feasible"]
+__all__ = ["FeasibleRun", "build_classifier", "build_feasible", "evaluate", "train_feasible"]
 
 
 def build_classifier(kind: str, num_features: int, num_classes: int, hidden: int = 256) -> nn.Module:
@@ -90,11 +90,55 @@ def evaluate(problem: FeasibleLearning, data: ClassificationData, chunk: int = 6
     }
 
 
+class FeasibleRun(Task):
+    """A feasible-learning run on the shared loop: one stage ``"train"`` of ``config.epochs`` epochs.
+
+    A batch is the examples' inputs, labels and ids (the rows of their multipliers); a row holds the
+    step, the (1-based) epoch, the seconds since :attr:`started` and :func:`evaluate`'s measures.
+    """
+
+    problem: FeasibleLearning
+
+    def __init__(
+        self,
+        problem: FeasibleLearning,
+        optimizer: cooper.optim.CooperOptimizer,
+        data: ClassificationData,
+        epochs: int,
+    ) -> None:
+        self.problem, self.optimizer, self.data, self.epochs = problem, optimizer, data, epochs
+        self.model = problem.model
+        self.num_examples = len(data.y_train)
+        self.started = time.perf_counter()
+
+    def stages(self) -> list[Stage]:
+        return [Stage("train", self.epochs, self.enter)]
+
+    def enter(self, previous: Active | None) -> Active:
+        return Active(self.optimizer)
+
+    def batch(self, indices: torch.Tensor) -> dict[str, Any]:
+        return {
+            "inputs": self.data.x_train[indices],
+            "labels": self.data.y_train[indices],
+            "indices": indices,
+        }
+
+    def row(self, moment: Moment) -> dict[str, Any]:
+        return {
+            "step": moment.step,
+            "epoch": moment.epoch + 1,
+            "elapsed_s": time.perf_counter() - self.started,
+            **evaluate(self.problem, self.data),
+        }
+
+
 def train_feasible(config: FeasibleConfig, data: ClassificationData | None = None) -> dict[str, Any]:
     """Train; log a row per epoch (or every ``log_every`` steps); write ``metrics.json``, ``model.pt``, plots.
 
     ``step_time_median_us`` is the median wall time of one ``roll()`` (forward, backward, primal and
-    dual steps), which must not grow with the number of examples.
+    dual steps), which must not grow with the number of examples; ``wall_time_s`` is the whole
+    training, the rows' evaluations included.
     """
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,39 +149,18 @@ def train_feasible(config: FeasibleConfig, data: ClassificationData | None = Non
         data = load_feasible_data(config.dataset, config.num_examples, config.data_seed)
     problem, optimizer = build_feasible(config, data)
     num_examples = len(data.y_train)
-    step_times: list[float] = []
-    history: list[dict[str, Any]] = []
-    step = 0
-    started = time.perf_counter()
+    run = FeasibleRun(problem, optimizer, data, config.epochs)
+    settings = LoopSettings(seed=config.seed, batch_size=config.batch_size, log_every=config.log_every)
     with MetricsLogger(out) as logger:
-        for epoch in progress(range(config.epochs), desc="epochs", total=config.epochs):
-            generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-            order = torch.randperm(num_examples, generator=generator)
-            batches = order.split(config.batch_size)
-            for number, batch in enumerate(batches, start=1):
-                kwargs = {"inputs": data.x_train[batch], "labels": data.y_train[batch], "indices": batch}
-                tick = time.perf_counter()
-                optimizer.roll(kwargs)
-                step_times.append(time.perf_counter() - tick)
-                step += 1
-                end_of_epoch = number == len(batches)
-                due = step % config.log_every == 0 if config.log_every is not None else end_of_epoch
-                if due or (end_of_epoch and epoch == config.epochs - 1):
-                    row: dict[str, Any] = {
-                        "step": step,
-                        "epoch": epoch + 1,
-                        "elapsed_s": time.perf_counter() - started,
-                        **evaluate(problem, data),
-                    }
-                    history.append(row)
-                    logger.log(**row)
-    wall_time = time.perf_counter() - started
+        result = fit(run, settings, logger=logger)
+    wall_time = time.perf_counter() - run.started
+    history, step_times = result.history, result.step_seconds
     metrics: dict[str, Any] = {
         **evaluate(problem, data),
         "epsilon": config.epsilon,
         "num_examples": num_examples,
         "num_constraints": num_examples,
-        "steps": step,
+        "steps": result.steps,
         "wall_time_s": wall_time,
         "step_time_median_us": statistics.median(step_times) * 1e6,
         "step_time_p90_us": statistics.quantiles(step_times, n=10)[-1] * 1e6

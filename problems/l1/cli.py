@@ -16,88 +16,89 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
-from problems.scaffold.config import build_parser, config_from_namespace
+from problems.l1.config import PathConfig, TargetConfig
+from problems.scaffold.cli import Command, run_cli
 from problems.scaffold.metrics_log import MetricsLogger
 
 __all__ = ["main"]
 
+TARGET_SUMMARY = (
+    "method",
+    "target_density",
+    "density",
+    "layer_densities",
+    "test_accuracy",
+    "runs",
+    "gradient_evaluations",
+    "wall_time_s",
+)
+PATH_SUMMARY = (
+    "method",
+    "hypervolume_self_normalised",
+    "monotone",
+    "non_dominated_points",
+    "runs",
+    "gradient_evaluations",
+    "loss_evaluations",
+    "wall_time_s",
+)
 
-def _config(parser: argparse.ArgumentParser, model: type[BaseModel], arguments: argparse.Namespace) -> Any:
-    return config_from_namespace(model, arguments, parser)
+
+def target(config: TargetConfig) -> dict[str, Any]:
+    """One target run; its rows are numbered 1, 2, ... in ``metrics.csv``."""
+    from problems.l1.data import load_split
+    from problems.l1.report import write_target
+    from problems.l1.target import run_target
+
+    data = load_split(config.dataset)
+    with MetricsLogger(config.out, tensorboard=False) as logger:
+        counter = iter(range(1, 10**9))
+        result = run_target(config, data, lambda row: logger.log(next(counter), **row))
+    return write_target(config.out, config, result)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from problems.l1.config import PathConfig, TargetConfig
+def path(config: PathConfig) -> dict[str, Any]:
+    """One path run; its rows are numbered by the point's index in ``metrics.csv``."""
+    from problems.l1.data import load_split
+    from problems.l1.path import run_path
+    from problems.l1.report import write_path
 
-    parser = argparse.ArgumentParser(
-        prog="python -m problems.l1",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    build_parser(TargetConfig, commands.add_parser("target", help="reach a prescribed density"))
-    build_parser(PathConfig, commands.add_parser("path", help="trace the regularization path"))
-    compare = commands.add_parser("compare", help="overlay path runs and compute their hypervolumes")
+    data = load_split(config.dataset)
+    with MetricsLogger(config.out, tensorboard=False) as logger:
+        result = run_path(config, data, lambda row: logger.log(int(row["index"]), **row))
+    return write_path(config.out, config, result)
+
+
+def add_compare_arguments(compare: argparse.ArgumentParser) -> None:
     compare.add_argument(
         "--runs", type=Path, nargs="+", required=True, help="output directories of path runs"
     )
     compare.add_argument("--out", type=Path, required=True, help="output directory")
-    arguments = parser.parse_args(argv)
 
-    if arguments.command == "compare":
-        from problems.l1.report import compare_paths
 
-        try:
-            summary = compare_paths(arguments.runs, arguments.out)
-        except (FileNotFoundError, ValueError, KeyError) as error:
-            parser.error(f"compare: {error}")
-        json.dump(summary, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
+def compare(arguments: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from problems.l1.report import compare_paths
 
-    from problems.l1.data import load_split
-
-    if arguments.command == "target":
-        from problems.l1.report import write_target
-        from problems.l1.target import run_target
-
-        target_config: TargetConfig = _config(parser, TargetConfig, arguments)
-        data = load_split(target_config.dataset)
-        with MetricsLogger(target_config.out, tensorboard=False) as logger:
-            counter = iter(range(1, 10**9))
-            result = run_target(target_config, data, lambda row: logger.log(next(counter), **row))
-        metrics = write_target(target_config.out, target_config, result)
-        keys = (
-            "method",
-            "target_density",
-            "density",
-            "layer_densities",
-            "test_accuracy",
-            "runs",
-            "gradient_evaluations",
-            "wall_time_s",
-        )
-    else:
-        from problems.l1.path import run_path
-        from problems.l1.report import write_path
-
-        path_config: PathConfig = _config(parser, PathConfig, arguments)
-        data = load_split(path_config.dataset)
-        with MetricsLogger(path_config.out, tensorboard=False) as logger:
-            path_result = run_path(path_config, data, lambda row: logger.log(int(row["index"]), **row))
-        metrics = write_path(path_config.out, path_config, path_result)
-        keys = (
-            "method",
-            "hypervolume_self_normalised",
-            "monotone",
-            "non_dominated_points",
-            "runs",
-            "gradient_evaluations",
-            "loss_evaluations",
-            "wall_time_s",
-        )
-    json.dump({key: metrics[key] for key in keys}, sys.stdout, indent=2)
+    try:
+        summary = compare_paths(arguments.runs, arguments.out)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        parser.error(f"compare: {error}")
+    json.dump(summary, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
+
+
+COMMANDS = (
+    Command("target", "reach a prescribed density", config=TargetConfig, run=target, summary=TARGET_SUMMARY),
+    Command("path", "trace the regularization path", config=PathConfig, run=path, summary=PATH_SUMMARY),
+    Command(
+        "compare",
+        "overlay path runs and compute their hypervolumes",
+        arguments=add_compare_arguments,
+        handle=compare,
+    ),
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("python -m problems.l1", __doc__, COMMANDS, argv)

@@ -34,8 +34,9 @@ from problems.l1.config import PathConfig
 from problems.l1.models import build_model, penalised_weights
 from problems.l1.mopg import mopg_direction
 from problems.l1.problem import L1BallConstrained
-from problems.l1.training import epoch_batches, evaluate, proximal_sgd, train_with_penalty
+from problems.l1.training import evaluate, proximal_sgd, train_with_penalty
 from problems.scaffold.datasets import DataSplit
+from problems.scaffold.loop import epoch_batches
 from problems.scaffold.seeding import seed_everything
 
 __all__ = ["PathResult", "l1_grid", "run_path", "secant_step", "step_to_norm"]
@@ -196,7 +197,9 @@ class BatchStream:
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.pending:
-            self.pending = epoch_batches(len(self.data.x_train), self.batch_size, self.seed, self.epoch)
+            self.pending = epoch_batches(
+                len(self.data.x_train), self.batch_size, self.seed, self.epoch, even=True
+            )
             self.epoch += 1
         batch = self.pending.pop(0)
         return self.data.x_train[batch], self.data.y_train[batch]

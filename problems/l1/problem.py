@@ -30,7 +30,7 @@ from torch import nn
 import cooper_like as cooper
 from problems.l1.models import penalised_weights
 
-__all__ = ["CrossEntropy", "DensityConstrained", "DensityScale", "L1BallConstrained", "density_violation"]
+__all__ = ["DensityConstrained", "DensityScale", "L1BallConstrained", "density_violation"]
 
 DensityScale = Literal["linear", "log"]
 """How :class:`DensityConstrained` measures its violation: a difference or a log-ratio of densities."""
@@ -59,18 +59,6 @@ def density_violation(
     if scale == "log":
         return torch.log(torch.maximum(density, smallest) / target)
     raise ValueError(f"scale must be 'linear' or 'log', got {scale!r}")
-
-
-class CrossEntropy(cooper.ConstrainedMinimizationProblem):
-    """The plain training loss (the l1 term, when any, is the primal optimizer's proximal map)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def compute_cmp_state(self, inputs: torch.Tensor, labels: torch.Tensor) -> cooper.CMPState:
-        logits = self.model(inputs)
-        return cooper.CMPState(loss=nn.functional.cross_entropy(logits, labels))
 
 
 class DensityConstrained(cooper.ConstrainedMinimizationProblem):

@@ -20,6 +20,7 @@ from problems.l1.front import hypervolume_2d, is_monotone, non_dominated_mask, n
 from problems.l1.path import PathResult
 from problems.l1.target import TargetResult
 from problems.scaffold.checkpoints import atomic_write_text, save_checkpoint
+from problems.scaffold.plots import pyplot
 
 __all__ = ["compare_paths", "path_metrics", "target_metrics", "write_path", "write_target"]
 
@@ -39,17 +40,6 @@ def _finite(value: Any) -> Any:
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(_finite(payload), indent=2) + "\n")
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # the 'problems' extra is not installed: no plots
-        return None
-    return plt
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -85,7 +75,7 @@ def write_target(out: Path, config: TargetConfig, result: TargetResult) -> dict[
     metrics = target_metrics(config, result)
     _write_json(out / "metrics.json", metrics)
     save_checkpoint({"model": result.model_state, "config": config.model_dump(mode="json")}, out / "model.pt")
-    plt = _pyplot()
+    plt = pyplot()
     if plt is not None and result.history:
         key = "epoch" if "epoch" in result.history[0] else "run"
         xs = [row[key] for row in result.history]
@@ -130,7 +120,7 @@ def path_metrics(config: PathConfig, result: PathResult) -> dict[str, Any]:
 
 
 def _plot_fronts(out: Path, fronts: dict[str, list[dict[str, Any]]], title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))

@@ -39,8 +39,9 @@ from problems.l1.config import TargetConfig
 from problems.l1.dual import ExponentiatedAscent
 from problems.l1.lookahead import LookaheadProximalOptimizer
 from problems.l1.models import build_model, penalised_weights
-from problems.l1.problem import CrossEntropy, DensityConstrained
+from problems.l1.problem import DensityConstrained
 from problems.l1.training import Evaluation, evaluate, proximal_sgd, train_epochs
+from problems.scaffold.classification import CrossEntropy
 from problems.scaffold.datasets import DataSplit
 from problems.scaffold.seeding import seed_everything
 

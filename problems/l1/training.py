@@ -1,9 +1,19 @@
-"""Training loops shared by the l1 methods: mini-batches, evaluation, and cost accounting."""
+r"""Training runs shared by the l1 methods (on the shared loop), evaluation, and cost accounting.
+
+Every run cuts an epoch into :math:`k = \lceil n / B \rceil` batches of equal size
+(:math:`\lfloor n/k \rfloor` or :math:`\lceil n/k \rceil` examples: the loop's
+:func:`~problems.scaffold.loop.epoch_batches` with ``even=True``), not into :math:`k - 1` batches of
+:math:`B` and a remainder: a small last batch has a noisier gradient, and with proximal steps that
+noise turns zero weights on, so every epoch (and the returned model) would end on the densest iterate
+(MNIST-5k, :math:`B = 128`: 31 batches of 128 and one of 32 gave a final density about one point above
+the run's typical one; now 32 batches of 125).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,12 +22,13 @@ import cooper_like as cooper
 from cooper_like.optim.proximal import L1Strength, ProximalL1
 from problems.l1.budget import Budget
 from problems.l1.models import density, l1_norm, layer_densities, penalised_weights
-from problems.l1.problem import CrossEntropy
+from problems.scaffold.classification import CrossEntropy
 from problems.scaffold.datasets import DataSplit
+from problems.scaffold.loop import Active, LoopSettings, Moment, Stage, Task, fit
 
 __all__ = [
+    "EpochRun",
     "Evaluation",
-    "epoch_batches",
     "evaluate",
     "proximal_sgd",
     "train_epochs",
@@ -35,23 +46,43 @@ def proximal_sgd(
     return ProximalL1(sgd, params, strength)
 
 
-def epoch_batches(num_samples: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
-    r"""Mini-batch indices of one epoch, a function of ``(seed, epoch)`` only; one batch when it covers all.
+class EpochRun(Task):
+    """One inner run of an l1 method: ``epochs`` epochs of ``optimizer.roll`` over the training set.
 
-    A random permutation of the :math:`n` examples is cut into :math:`k = \lceil n / B \rceil` batches of
-    equal size (:math:`\lfloor n/k \rfloor` or :math:`\lceil n/k \rceil` examples), not into :math:`k - 1`
-    batches of :math:`B` and a remainder: a small last batch has a noisier gradient, and with proximal
-    steps that noise turns zero weights on, so every epoch (and the returned model) would end on the
-    densest iterate (MNIST-5k, :math:`B = 128`: 31 batches of 128 and one of 32 gave a final density about
-    one point above the run's typical one; now 32 batches of 125).
+    Every batch is counted in ``budget`` (its size, in per-example gradients) after its step;
+    ``after_epoch`` is called with the (0-based) epoch at the end of every epoch. No rows, no checkpoints.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if batch_size >= num_samples:
-        return [torch.arange(num_samples)]
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    count = -(-num_samples // batch_size)
-    return list(torch.randperm(num_samples, generator=generator).tensor_split(count))
+
+    def __init__(
+        self,
+        optimizer: cooper.optim.CooperOptimizer,
+        data: DataSplit,
+        epochs: int,
+        budget: Budget,
+        after_epoch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.optimizer, self.data, self.epochs, self.budget = optimizer, data, epochs, budget
+        self.after_epoch = after_epoch
+        self.problem = optimizer.cmp
+        model = getattr(self.problem, "model", None)
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{type(self.problem).__name__} has no model attribute (an nn.Module)")
+        self.model = model
+        self.num_examples = len(data.x_train)
+        self.examples = 0  # size of the batch of the current step
+
+    def stages(self) -> list[Stage]:
+        return [Stage("train", self.epochs, self.enter)]
+
+    def enter(self, previous: Active | None) -> Active:
+        return Active(self.optimizer, after_step=self.count, after_epoch=self.after_epoch)
+
+    def batch(self, indices: torch.Tensor) -> dict[str, Any]:
+        self.examples = len(indices)
+        return {"inputs": self.data.x_train[indices], "labels": self.data.y_train[indices]}
+
+    def count(self, moment: Moment) -> None:
+        self.budget.gradients(self.examples)
 
 
 def train_epochs(
@@ -62,16 +93,15 @@ def train_epochs(
     seed: int,
     budget: Budget,
     *,
-    first_epoch: int = 0,
     after_epoch: Callable[[int], None] | None = None,
 ) -> None:
-    """``epochs`` passes of ``optimizer.roll`` over the training set; every batch is counted in ``budget``."""
-    for epoch in range(first_epoch, first_epoch + epochs):
-        for batch in epoch_batches(len(data.x_train), batch_size, seed, epoch):
-            optimizer.roll({"inputs": data.x_train[batch], "labels": data.y_train[batch]})
-            budget.gradients(len(batch))
-        if after_epoch is not None:
-            after_epoch(epoch)
+    """``epochs`` passes of ``optimizer.roll`` over the training set (equal-size batches of a function of
+    ``(seed, epoch)``); every batch is counted in ``budget``. ``epochs <= 0`` trains nothing.
+    """
+    if epochs <= 0:
+        return
+    settings = LoopSettings(seed=seed, batch_size=batch_size, even_batches=True, show_progress=False)
+    fit(EpochRun(optimizer, data, epochs, budget, after_epoch), settings)
 
 
 def train_with_penalty(

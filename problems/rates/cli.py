@@ -1,14 +1,12 @@
-"""Command line of the rate-constrained problems: ``python -m problems.rates neyman-pearson ...``."""
+"""Command line of Neyman-Pearson classification: ``python -m problems.rates neyman-pearson ...``."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Sequence
+from typing import Any
 
 from problems.rates.config import NeymanPearsonConfig
-from problems.scaffold.config import build_parser, config_from_namespace
+from problems.scaffold.cli import Command, run_cli
 
 SUMMARY_KEYS = (
     "alpha",
@@ -22,19 +20,23 @@ SUMMARY_KEYS = (
 )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse the command line, train, print a JSON summary; invalid values exit with status 2."""
-    parser = argparse.ArgumentParser(prog="python -m problems.rates", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    build_parser(
-        NeymanPearsonConfig,
-        commands.add_parser("neyman-pearson", help="minimise the false-negative rate s.t. FPR <= alpha"),
-    )
-    arguments = parser.parse_args(argv)
-    config = config_from_namespace(NeymanPearsonConfig, arguments, parser)
+def neyman_pearson(config: NeymanPearsonConfig) -> dict[str, Any]:
     from problems.rates.train_np import train_neyman_pearson
 
-    metrics = train_neyman_pearson(config)
-    json.dump({key: metrics[key] for key in SUMMARY_KEYS}, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0
+    return train_neyman_pearson(config)
+
+
+COMMANDS = (
+    Command(
+        "neyman-pearson",
+        "minimise the false-negative rate s.t. FPR <= alpha",
+        config=NeymanPearsonConfig,
+        run=neyman_pearson,
+        summary=SUMMARY_KEYS,
+    ),
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line, train, print a JSON summary; invalid values exit with status 2."""
+    return run_cli("python -m problems.rates", __doc__, COMMANDS, argv)

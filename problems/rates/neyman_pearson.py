@@ -5,9 +5,10 @@ r"""Neyman-Pearson classification: miss as few positives as possible while false
 
 The objective is a convex surrogate of the false-negative rate, the logistic loss on the positives
 :math:`\frac{1}{n_+} \sum_{i: y_i = 1} \log(1 + e^{-s_i})`; the constraint is a
-:class:`~problems.rates.constraints.RateBound` on the false-positive rate (proxy rate for the model,
-true rate for the multiplier). Like the fairness problem, :meth:`NeymanPearson.compute_cmp_state`
-accepts group memberships (ignored), so both run in the same loop.
+:class:`~problems.common.rates.constraints.RateBound` on the false-positive rate (proxy rate for the
+model, true rate for the multiplier). Like the fairness problem, :meth:`NeymanPearson.compute_cmp_state`
+accepts group memberships (ignored), so both run in the same task
+(:class:`~problems.common.rates.candidates.CandidateRun`).
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ import torch
 from torch import nn
 
 import cooper_like as cooper
-from problems.rates.constraints import RateBound
-from problems.rates.kinds import RateKind
-from problems.rates.proxies import Proxy
+from problems.common.rates.constraints import RateBound
+from problems.common.rates.kinds import RateKind
+from problems.common.rates.proxies import Proxy
 
 __all__ = ["NeymanPearson"]
 

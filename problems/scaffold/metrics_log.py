@@ -1,4 +1,9 @@
-"""Scalar metrics logging to CSV, JSON lines and (optionally) TensorBoard."""
+"""Scalar metrics logging to CSV, JSON lines and (optionally) TensorBoard, and the reader of those files.
+
+:class:`MetricsLogger` writes ``metrics.jsonl`` and ``metrics.csv``; :func:`read_metrics` reads either
+back as rows (one dict per logged step), ready for the trajectory plots of ``cooper_like.reporting``
+(``plot_multipliers(read_metrics(run_dir))``).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import torch
 
 from problems.scaffold.checkpoints import atomic_write_text
 
-__all__ = ["MetricsLogger", "tensorboard_available"]
+__all__ = ["MetricsLogger", "read_metrics", "tensorboard_available"]
 
 Scalar = bool | int | float | str
 
@@ -214,3 +219,61 @@ class MetricsLogger:
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"{len(self._rows)} rows"
         return f"MetricsLogger({str(self.out_dir)!r}, tensorboard={self.tensorboard}, {state})"
+
+
+def _csv_value(text: str) -> Any:
+    """A CSV cell as the value it was logged as: ``None`` (empty), int, float, bool or str."""
+    if text == "":
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return {"True": True, "False": False}.get(text, text)
+    return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+
+
+def read_metrics(source: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read a metrics log written by :class:`MetricsLogger` (one dict per logged row, in order).
+
+    Args:
+        source: ``metrics.jsonl``, ``metrics.csv`` (any file ending in ``.jsonl`` / ``.csv``), or a run
+            directory holding one of them (the JSON-lines file is preferred: it is complete even after
+            a crash).
+
+    Returns:
+        The rows; missing values (an empty CSV cell, a JSON ``null``) are ``None``.
+
+    Raises:
+        FileNotFoundError: Neither file exists.
+        ValueError: The file is neither JSON lines nor CSV, or a JSON line is malformed.
+    """
+    path = Path(source)
+    if path.is_dir():
+        for name in ("metrics.jsonl", "metrics.csv"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise FileNotFoundError(f"no metrics.jsonl or metrics.csv in {str(source)!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics log at {str(source)!r}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not a JSON object ({error})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+        return rows
+    if path.suffix == ".csv":
+        return [
+            {key: _csv_value(value) for key, value in row.items()}
+            for row in csv.DictReader(text.splitlines())
+        ]
+    raise ValueError(f"read_metrics: expected a .jsonl or .csv file, got {str(path)!r}")

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cooper_like.reporting import plot_columns
+
 __all__ = ["plot_series", "plot_tradeoff", "plot_trajectories", "pyplot"]
 
 
@@ -39,26 +41,21 @@ def plot_series(
     """One line per column of ``history`` starting with one of ``prefixes`` (with ``exact``: named so),
     against the column ``x``; dotted horizontal lines at 0 (``zero_line``) and at every value of ``levels``.
 
+    The columns are the prefix matches in sorted order (with ``exact``, the names of ``prefixes`` present
+    in some row, in the given order); the drawing is ``cooper_like.reporting.plot_columns``.
+
     Returns whether a file was written (False without matplotlib or without matching columns).
     """
     plt = pyplot()
     if exact:
         keys = [key for key in prefixes if any(key in row for row in history)]
     else:
-        keys = sorted({key for row in history for key in row if any(key.startswith(p) for p in prefixes)})
+        keys = sorted({key for row in history for key in row if key.startswith(tuple(prefixes))})
     if plt is None or not keys:
         return False
-    steps = [row[x] for row in history]
-    figure, axis = plt.subplots(figsize=(6, 3.8))
-    for key in keys:
-        axis.plot(steps, [row.get(key, float("nan")) for row in history], label=key, linewidth=1.2)
-    for level in [0.0] * zero_line + list(levels):
-        axis.axhline(level, color="black", linewidth=0.8, linestyle=":")
-    axis.set(xlabel=x, ylabel=ylabel, title=title)
-    if len(keys) <= 12:
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure = plot_columns(
+        history, keys=keys, x=x, path=path, ylabel=ylabel, title=title, zero_line=zero_line, levels=levels
+    )
     plt.close(figure)
     return True
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from problems.common.rates.adult import load_adult
+from problems.common.rates.data import RateDataset
+from problems.common.rates.groups import GroupError
 from problems.fairness.cli import main
 from problems.fairness.config import FairnessConfig
 from problems.fairness.train import train
-from problems.rates.adult import load_adult
 from problems.rates.config import NeymanPearsonConfig
-from problems.rates.data import RateDataset
-from problems.rates.groups import GroupError
 from problems.scaffold.config import ConfigError, parse_config
 
 

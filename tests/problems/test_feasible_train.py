@@ -57,6 +57,18 @@ def test_small_run_fits_most_examples(tmp_path: Path) -> None:
     assert len((tmp_path / "metrics.csv").read_text().splitlines()) == 1 + 12  # one row per epoch
 
 
+def test_rows_every_log_every_steps_and_after_the_last(tmp_path: Path) -> None:
+    data = synthetic_classification(300, num_features=5, classes=3, num_test=20)
+    config = FeasibleConfig(
+        dataset="synthetic", epochs=2, batch_size=32, hidden=8, log_every=7, threads=1, out=tmp_path
+    )
+    metrics = train_feasible(config, data)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(row["step"], row["epoch"]) for row in rows] == [(7, 1), (14, 2), (20, 2)]  # 10 batches an epoch
+    assert metrics["steps"] == 20 and metrics["step_time_p90_us"] >= metrics["step_time_median_us"] > 0
+    assert rows[-1]["train_fraction_feasible"] == metrics["train_fraction_feasible"]
+
+
 def test_synthetic_data_is_deterministic_and_validated() -> None:
     first, second = synthetic_classification(300, seed=4), synthetic_classification(300, seed=4)
     assert torch.equal(first.x_train, second.x_train) and torch.equal(first.y_train, second.y_train)

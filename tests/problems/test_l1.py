@@ -12,18 +12,22 @@ import torch
 
 import cooper_like as cooper
 from cooper_like.optim.proximal import soft_threshold
+from problems.l1.budget import Budget
 from problems.l1.cli import main
 from problems.l1.config import PathConfig, TargetConfig
 from problems.l1.data import iris_split
 from problems.l1.dual import ExponentiatedAscent, exponentiated_ascent
 from problems.l1.front import hypervolume_2d, is_monotone, non_dominated_mask, normalise_fronts
 from problems.l1.lookahead import LookaheadProximalOptimizer
-from problems.l1.models import mlp, penalised_weights
+from problems.l1.models import build_model, mlp, penalised_weights
 from problems.l1.mopg import mopg_direction, weighted_prox_point
 from problems.l1.path import l1_grid, run_path, secant_step, step_to_norm
 from problems.l1.problem import DensityConstrained, density_violation
 from problems.l1.target import lr_factor, quantile_level, run_target, stationarity_scores, within_tolerance
-from problems.l1.training import epoch_batches, proximal_sgd
+from problems.l1.training import proximal_sgd, train_epochs
+from problems.scaffold.classification import CrossEntropy
+from problems.scaffold.datasets import DataSplit
+from problems.scaffold.loop import epoch_batches
 
 
 @pytest.fixture(scope="module")
@@ -59,15 +63,40 @@ def test_target_kernels_by_hand() -> None:
 
 
 def test_epoch_batches_are_equal_sized_and_cover_every_example_once() -> None:
-    batches = epoch_batches(4000, 128, seed=0, epoch=3)
+    """The l1 runs cut every epoch into equal batches (the loop's ``even=True``)."""
+    batches = epoch_batches(4000, 128, seed=0, epoch=3, even=True)
     assert [len(b) for b in batches] == [125] * 32  # not 31 x 128 + 32
     assert torch.equal(torch.cat(batches).sort().values, torch.arange(4000))
-    assert [len(b) for b in epoch_batches(10, 4, seed=1, epoch=0)] == [4, 3, 3]
-    assert all(torch.equal(a, b) for a, b in zip(batches, epoch_batches(4000, 128, seed=0, epoch=3)))
-    assert not torch.equal(batches[0], epoch_batches(4000, 128, seed=0, epoch=4)[0])
-    assert [b.tolist() for b in epoch_batches(5, 8, seed=0, epoch=0)] == [[0, 1, 2, 3, 4]]
+    assert [len(b) for b in epoch_batches(10, 4, seed=1, epoch=0, even=True)] == [4, 3, 3]
+    assert all(
+        torch.equal(a, b) for a, b in zip(batches, epoch_batches(4000, 128, seed=0, epoch=3, even=True))
+    )
+    assert not torch.equal(batches[0], epoch_batches(4000, 128, seed=0, epoch=4, even=True)[0])
+    assert [b.tolist() for b in epoch_batches(5, 8, seed=0, epoch=0, even=True)] == [[0, 1, 2, 3, 4]]
     with pytest.raises(ValueError, match="batch_size"):
-        epoch_batches(10, 0, seed=0, epoch=0)
+        epoch_batches(10, 0, seed=0, epoch=0, even=True)
+
+
+def test_train_epochs_is_the_loop_over_equal_batches_counting_every_example(iris: DataSplit) -> None:
+    """``train_epochs`` (on the shared loop) steps exactly as a hand-written pass over the equal batches."""
+    data = iris  # 120 training examples: batches of 50 -> 3 batches of 40
+    models = [build_model("iris"), build_model("iris")]
+    models[1].load_state_dict(models[0].state_dict())
+    optimizers = [
+        cooper.optim.UnconstrainedOptimizer(
+            cmp=CrossEntropy(model), primal_optimizers=proximal_sgd(model, 0.5, 0.9, 1e-3)
+        )
+        for model in models
+    ]
+    budget, ended = Budget(), []
+    train_epochs(optimizers[0], data, 3, 50, 7, budget, after_epoch=ended.append)
+    for epoch in range(3):
+        for batch in epoch_batches(120, 50, seed=7, epoch=epoch, even=True):
+            optimizers[1].roll({"inputs": data.x_train[batch], "labels": data.y_train[batch]})
+    assert all(torch.equal(a, b) for a, b in zip(models[0].parameters(), models[1].parameters()))
+    assert budget.gradient_evaluations == 3 * 120 and ended == [0, 1, 2]
+    train_epochs(optimizers[0], data, 0, 50, 7, budget)
+    assert budget.gradient_evaluations == 3 * 120
 
 
 def test_exponentiated_ascent_by_hand() -> None:

@@ -10,17 +10,23 @@ import torch
 from torch import nn
 
 import cooper_like as cooper
+from problems.common.rates.candidates import (
+    CandidateRun,
+    build_dual_optimizer,
+    build_primal_optimizer,
+    feature_major,
+)
+from problems.common.rates.constraints import RateBound, RateParity, parity_weights
+from problems.common.rates.data import LabeledSplit, RateDataset, validation_split
+from problems.common.rates.groups import GroupError, GroupSpec, check_groups_nonempty
+from problems.common.rates.kinds import RateKind
+from problems.common.rates.metrics import group_rates, overall_rate, rate_report, rate_weights
+from problems.common.rates.models import PiecewiseLinearBins, build_scorer
+from problems.common.rates.proxies import indicator_proxy, signed_indicator_sums, true_indicator
+from problems.common.rates.selection import Candidate, best_candidate, best_mixture, choose
 from problems.fairness.problem import FairClassification
 from problems.fairness.train import parity_violations, split_rate_weights
-from problems.rates.constraints import RateBound, RateParity, parity_weights
-from problems.rates.data import LabeledSplit, RateDataset, validation_split
-from problems.rates.groups import GroupError, GroupSpec, check_groups_nonempty
-from problems.rates.kinds import RateKind
-from problems.rates.metrics import group_rates, overall_rate, rate_report, rate_weights
-from problems.rates.models import PiecewiseLinearBins, build_scorer
-from problems.rates.proxies import indicator_proxy, signed_indicator_sums, true_indicator
-from problems.rates.selection import Candidate, best_candidate, best_mixture, choose
-from problems.rates.training import feature_major
+from problems.scaffold.loop import LoopSettings, fit
 
 # Toy batch: groups A = examples 0-2, B = examples 3-5; predictions (score > 0) = [1, 0, 1, 0, 1, 0].
 SCORES = torch.tensor([2.0, -1.0, 0.5, -3.0, 1.0, -0.5])
@@ -66,7 +72,7 @@ def test_parity_weights_reproduce_rate_gaps() -> None:
 
 
 def _signs(kind: RateKind) -> torch.Tensor:
-    from problems.rates.kinds import indicator_signs
+    from problems.common.rates.kinds import indicator_signs
 
     return indicator_signs(kind, LABELS)
 
@@ -158,7 +164,7 @@ def test_tie_at_zero_counts_as_negative_prediction_in_every_rate() -> None:
     assert true_indicator(scores, signs).tolist() == [0.0, 0.0, 1.0, 1.0]
     error = RateKind.ERROR
     weights = torch.full((1, 4), 0.25)
-    from problems.rates.kinds import indicator_signs
+    from problems.common.rates.kinds import indicator_signs
 
     _, true_error = signed_indicator_sums(weights, scores, indicator_signs(error, labels))
     assert float(true_error[0]) == pytest.approx(0.5)  # the two positives are missed
@@ -342,3 +348,39 @@ def test_choose_modes_and_description() -> None:
     assert choose(candidates[:1], "best-feasible").describe(candidates[:1])["kind"] == "least-violating"
     with pytest.raises(ValueError, match="selection mode"):
         choose(candidates, "oracle")  # type: ignore[arg-type]
+
+
+def test_candidate_run_batches_rows_and_candidates_on_the_shared_loop() -> None:
+    torch.manual_seed(0)
+    inputs, labels = torch.randn(40, 3), (torch.arange(40) % 2).float()
+    membership = torch.stack([torch.arange(40) < 20, torch.arange(40) >= 20])
+    split = LabeledSplit(inputs, labels, membership)
+    spec = GroupSpec(("sex",), "intersectional", ((("sex", "Female"),), (("sex", "Male"),)))
+    data = RateDataset("toy", split, None, split, spec, ["a", "b", "c"])
+
+    def measure(probability: torch.Tensor, split: LabeledSplit) -> tuple[float, np.ndarray]:
+        return float((probability - split.y).abs().mean()), np.array([-1.0])
+
+    def run(batch_size: int, epochs: int, log_every: int) -> CandidateRun:
+        model = build_scorer("logistic", 3)
+        problem = FairClassification(model, "demographic-parity", 2, epsilon=0.05)
+        primal = build_primal_optimizer(model.parameters(), lr=0.1)
+        dual = build_dual_optimizer("sgd", problem.dual_parameters(), lr=0.1)
+        optimizer = cooper.optim.SimultaneousOptimizer(problem, primal, dual)
+        task = CandidateRun(problem, optimizer, model, data, epochs, batch_size, measure)
+        fit(task, LoopSettings(seed=0, batch_size=batch_size, log_every=log_every, show_progress=False))
+        return task
+
+    full = run(batch_size=100, epochs=5, log_every=2)
+    assert [candidate.step for candidate in full.candidates] == [2, 4, 5]  # every 2 steps and the last
+    assert full.batch(torch.arange(40)) is full.full and full.full["inputs"].stride() == (1, 40)
+    mini = run(batch_size=16, epochs=2, log_every=4)  # 3 batches per epoch: 16, 16, 8
+    assert [candidate.step for candidate in mini.candidates] == [4, 6]
+    assert mini.candidates[-1].metrics["epoch"] == 2 and mini.full["inputs"].stride() == (3, 1)
+    half = mini.batch(torch.arange(0, 40, 2))
+    assert torch.equal(half["inputs"], inputs[::2]) and half["membership"].shape == (2, 20)
+    assert {"train_batch_loss", "selection_objective", "batch_max_violation/demographic_parity"} <= set(
+        mini.candidates[0].metrics
+    )
+    with pytest.raises(ValueError, match="epochs and batch_size must be >= 1"):
+        CandidateRun(full.problem, full.optimizer, full.model, data, 0, 8, measure)

@@ -1,4 +1,4 @@
-"""Tests of the trainer scaffolding: config, metrics log, checkpoints, seeding, progress."""
+"""Tests of the trainer scaffolding: config, metrics log and its reader, plots, checkpoints, seeding, progress."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pydantic
 import pytest
 import torch
 
-from problems.scaffold import checkpoints, metrics_log, progress
+from problems.scaffold import checkpoints, metrics_log, plots, progress
 from problems.scaffold.checkpoints import (
     CheckpointError,
     atomic_write_bytes,
@@ -29,7 +29,7 @@ from problems.scaffold.config import (
     config_from_argv,
     parse_config,
 )
-from problems.scaffold.metrics_log import MetricsLogger
+from problems.scaffold.metrics_log import MetricsLogger, read_metrics
 from problems.scaffold.seeding import rng_state, seed_everything, set_rng_state
 
 # --------------------------------------------------------------------------------------- config
@@ -290,6 +290,154 @@ def test_metrics_logger_writes_tensorboard_events(tmp_path: Path) -> None:  # pr
     with MetricsLogger(tmp_path, tensorboard=True) as logger:
         logger.log(step=0, loss=1.0, phase="train")
     assert any((tmp_path / "tensorboard").iterdir())
+
+
+def write_log(directory: Path) -> Path:
+    """A three-step log: a column that starts late, a NaN, a string."""
+    with MetricsLogger(directory, tensorboard=False) as logger:
+        logger.log(0, loss=1.0, **{"multiplier/rate": 0.0, "violation/rate": 0.4})
+        logger.log(
+            1, loss=0.8, **{"multiplier/rate": 0.2, "violation/rate": 0.1, "strict_violation/rate": 0.0}
+        )
+        logger.log(2, loss=float("nan"), **{"multiplier/rate": 0.25, "violation/rate": -0.05, "note": "ok"})
+    return directory
+
+
+def test_read_metrics_jsonl_csv_and_directory(tmp_path: Path) -> None:
+    run = write_log(tmp_path / "run")
+    from_jsonl = read_metrics(run / "metrics.jsonl")
+    from_csv = read_metrics(str(run / "metrics.csv"))
+    assert read_metrics(run) == from_jsonl  # a directory prefers the JSON lines
+    assert [row["step"] for row in from_jsonl] == [0, 1, 2]
+    assert from_jsonl[2]["loss"] is None  # NaN is written as null
+    assert [row["multiplier/rate"] for row in from_csv] == [0.0, 0.2, 0.25]
+    assert from_csv[0]["strict_violation/rate"] is None and from_csv[2]["note"] == "ok"
+    assert isinstance(from_csv[0]["step"], int)
+    (run / "metrics.jsonl").unlink()
+    assert repr(read_metrics(run)) == repr(from_csv)  # the CSV when it is the only log (repr: NaN != NaN)
+    assert np.isnan(from_csv[2]["loss"])  # the CSV keeps the NaN the JSON lines write as null
+
+
+def test_read_metrics_csv_cells() -> None:
+    assert metrics_log._csv_value("") is None
+    assert metrics_log._csv_value("3") == 3 and isinstance(metrics_log._csv_value("3"), int)
+    assert isinstance(metrics_log._csv_value("3.0"), float)
+    assert metrics_log._csv_value("1e3") == 1000.0 and isinstance(metrics_log._csv_value("1e3"), float)
+    assert metrics_log._csv_value("-0.25") == -0.25
+    assert np.isnan(metrics_log._csv_value("nan"))
+    assert metrics_log._csv_value("True") is True and metrics_log._csv_value("False") is False
+    assert metrics_log._csv_value("train") == "train"
+
+
+def test_read_metrics_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no metrics.jsonl or metrics.csv in"):
+        read_metrics(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no metrics log at"):
+        read_metrics(tmp_path / "missing.jsonl")
+    (tmp_path / "bad.jsonl").write_text('{"step": 0}\n\nnot json\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:3: not a JSON object"):
+        read_metrics(tmp_path / "bad.jsonl")
+    (tmp_path / "list.jsonl").write_text("[1, 2]\n")
+    with pytest.raises(ValueError, match="expected a JSON object, got list"):
+        read_metrics(tmp_path / "list.jsonl")
+    (tmp_path / "log.txt").write_text("step\n0\n")
+    with pytest.raises(ValueError, match=r"read_metrics: expected a .jsonl or .csv file"):
+        read_metrics(tmp_path / "log.txt")
+
+
+def test_read_metrics_feeds_the_library_plots(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from cooper_like.reporting import plot_multipliers, trajectory_keys
+
+    run = write_log(tmp_path / "run")
+    assert trajectory_keys(read_metrics(run), "violation/") == ["violation/rate"]
+    with pytest.raises(TypeError, match=r"then pass `read_metrics\(path\)`"):
+        plot_multipliers(run)  # type: ignore[arg-type]
+    figure = plot_multipliers(read_metrics(run), path=tmp_path / "multipliers.png")
+    assert (tmp_path / "multipliers.png").stat().st_size > 0
+    plots.pyplot().close(figure)
+
+
+# ---------------------------------------------------------------------------------------- plots
+
+
+def test_plot_series_writes_sorted_prefix_matches_and_closes(tmp_path: Path) -> None:
+    plt = plots.pyplot()
+    if plt is None:
+        pytest.skip("matplotlib is not installed")
+    drawn: list[Any] = []
+    original = plots.plot_columns
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        figure = original(*args, **kwargs)
+        drawn.append(figure)
+        return figure
+
+    history = [
+        {"epoch": 0, "multiplier/b": 0.1, "multiplier/a": 0.0, "loss": 1.0},
+        {"epoch": 1, "multiplier/b": 0.2, "multiplier/a": 0.3, "loss": 0.5},
+    ]
+    open_before = set(plt.get_fignums())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plots, "plot_columns", spy)
+        written = plots.plot_series(
+            history,
+            ["multiplier/"],
+            tmp_path / "m.png",
+            x="epoch",
+            ylabel="multiplier",
+            title="t",
+            zero_line=True,
+            levels=[0.25],
+        )
+    assert written and (tmp_path / "m.png").stat().st_size > 0
+    assert set(plt.get_fignums()) == open_before  # closed after saving
+    axis = drawn[0].axes[0]
+    lines = [line for line in axis.get_lines() if not str(line.get_label()).startswith("_")]
+    assert [line.get_label() for line in lines] == ["multiplier/a", "multiplier/b"]  # sorted
+    assert np.asarray(lines[0].get_xdata()).tolist() == [0, 1]
+    assert axis.get_title() == "t" and axis.get_xlabel() == "epoch" and axis.get_ylabel() == "multiplier"
+    references = [line for line in axis.get_lines() if str(line.get_label()).startswith("_")]
+    assert [float(np.asarray(line.get_ydata())[0]) for line in references] == [0.0, 0.25]
+
+
+def test_plot_series_exact_names_and_nothing_to_plot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if plots.pyplot() is None:
+        pytest.skip("matplotlib is not installed")
+    history = [{"step": 0, "test_accuracy": 0.9, "train_accuracy": 0.95, "train_accuracy_top5": 1.0}]
+    drawn: list[list[str]] = []
+    original = plots.plot_columns
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        drawn.append(kwargs["keys"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "plot_columns", spy)
+    # exact: the given names, in the given order, those in no row dropped; no prefix matching
+    names = ["train_accuracy", "missing", "test_accuracy"]
+    assert plots.plot_series(history, names, tmp_path / "a.png", ylabel="accuracy", title="", exact=True)
+    assert drawn == [["train_accuracy", "test_accuracy"]] and (tmp_path / "a.png").is_file()
+    # no matching column: nothing written, False
+    assert not plots.plot_series(history, ["multiplier/"], tmp_path / "none.png", ylabel="", title="")
+    assert not plots.plot_series(history, ["missing"], tmp_path / "none.png", ylabel="", title="", exact=True)
+    assert not plots.plot_series([], ["multiplier/"], tmp_path / "none.png", ylabel="", title="")
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_plot_series_without_matplotlib_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(plots, "pyplot", lambda: None)
+    history = [{"step": 0, "multiplier/a": 0.1}]
+    assert not plots.plot_series(history, ["multiplier/"], tmp_path / "m.png", ylabel="m", title="m")
+    assert not (tmp_path / "m.png").exists()
+
+
+def test_pyplot_is_on_the_agg_backend() -> None:
+    plt = plots.pyplot()
+    if plt is None:
+        pytest.skip("matplotlib is not installed")
+    assert plt.get_backend().lower() == "agg"
 
 
 # -------------------------------------------------------------------------------------- seeding

@@ -27,8 +27,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from problems.rates.data import LabeledSplit, RateDataset, validation_split
-from problems.rates.groups import GroupMode, GroupSpec
+from problems.common.rates.data import LabeledSplit, RateDataset, validation_split
+from problems.common.rates.groups import GroupMode, GroupSpec
 from problems.scaffold.datasets import DatasetError
 
 __all__ = [
@@ -159,7 +159,7 @@ def load_adult(
     Args:
         sensitive: Sensitive attribute(s), among :data:`ADULT_SENSITIVE_ATTRIBUTES`; dropped from the
             features and used to form the groups.
-        group_mode: How several attributes form groups (see :mod:`problems.rates.groups`).
+        group_mode: How several attributes form groups (see :mod:`problems.common.rates.groups`).
         validation_fraction: Fraction of the training file held out to choose the returned iterate
             (0: none, the choice is made on the training data).
         split_seed: Seed of the validation split (independent of any training seed).

@@ -22,7 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from problems.rates.kinds import RateKind, denominator_mask
+from problems.common.rates.kinds import RateKind, denominator_mask
 
 __all__ = ["GroupError", "GroupMode", "GroupSpec", "check_groups_nonempty"]
 

@@ -14,8 +14,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from problems.rates.groups import GroupSpec, check_groups_nonempty
-from problems.rates.kinds import RateKind
+from problems.common.rates.groups import GroupSpec, check_groups_nonempty
+from problems.common.rates.kinds import RateKind
 from problems.scaffold.datasets import stratified_split
 
 __all__ = ["LabeledSplit", "RateDataset", "load_breast_cancer_rates", "stratify_keys", "validation_split"]
@@ -76,7 +76,7 @@ class RateDataset:
         return named
 
     def check_groups(self, kinds: list[RateKind]) -> None:
-        """Raise :class:`~problems.rates.groups.GroupError` if a group is empty for a rate in a split."""
+        """Raise :class:`~problems.common.rates.groups.GroupError` if a group is empty for a rate in a split."""
         for split_name, split in self.splits().items():
             check_groups_nonempty(split.membership, split.y, self.groups.names, kinds, split_name)
 

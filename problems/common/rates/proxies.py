@@ -3,7 +3,7 @@ r"""Differentiable proxies of 0-1 indicators, and signed combinations of rates i
 A model predicts positive when its score is :math:`s > 0`. Every rate in this package is a (weighted)
 mean of a per-example indicator :math:`I_i` that is either "predicted positive",
 :math:`\mathbb 1[s_i > 0]` (sign :math:`+1`), or "predicted negative", :math:`\mathbb 1[s_i \le 0]` (sign
-:math:`-1`); see :mod:`problems.rates.kinds`. With the *signed score* :math:`z_i = \text{sign}_i\, s_i`,
+:math:`-1`); see :mod:`problems.common.rates.kinds`. With the *signed score* :math:`z_i = \text{sign}_i\, s_i`,
 :math:`I_i` is :math:`\mathbb 1[z_i > 0]` up to the tie :math:`s_i = 0`, which the true indicator
 resolves exactly like the prediction does. The true indicator has a zero gradient almost everywhere, so
 the model is driven by a proxy :math:`\phi(z)`:

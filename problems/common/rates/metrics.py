@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from problems.rates.kinds import RateKind, denominator_mask
+from problems.common.rates.kinds import RateKind, denominator_mask
 
 __all__ = ["PARITY_KINDS", "group_rates", "overall_rate", "rate_report", "rate_weights"]
 

@@ -84,7 +84,7 @@ class PiecewiseLinearBins(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """``(n, d)`` inputs -> ``(n, d + intervals)``, stored feature-major (like
-        :func:`~problems.rates.training.feature_major`: the next linear layer reads contiguous columns)."""
+        :func:`~problems.common.rates.candidates.feature_major`: the next linear layer reads contiguous columns)."""
         by_column = inputs.t()
         encoded = ((by_column[self.columns] - self.lows[:, None]) / self.widths[:, None]).clamp(0.0, 1.0)
         return torch.cat([by_column, encoded]).t()

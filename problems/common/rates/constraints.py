@@ -18,7 +18,7 @@ temperature.
 label 1 for a true-positive rate) has an undefined rate there: its two rows are left out of the batch's
 observation (the multiplier only sees observed ids) and counted in :attr:`RateParity.skipped`. A group
 empty in a whole split is an error raised before training
-(:func:`~problems.rates.groups.check_groups_nonempty`).
+(:func:`~problems.common.rates.groups.check_groups_nonempty`).
 
 Example (inside a :class:`~cooper_like.ConstrainedMinimizationProblem`)::
 
@@ -45,8 +45,8 @@ from typing import Any, NamedTuple
 import torch
 
 import cooper_like as cooper
-from problems.rates.kinds import RateKind, denominator_mask, indicator_signs
-from problems.rates.proxies import Proxy, signed_indicator_sums
+from problems.common.rates.kinds import RateKind, denominator_mask, indicator_signs
+from problems.common.rates.proxies import Proxy, signed_indicator_sums
 
 __all__ = ["ParityMeasurement", "RateBound", "RateParity", "parity_weights"]
 
@@ -112,7 +112,7 @@ class RateParity:
         kind: The rate (e.g. ``RateKind.POSITIVE_PREDICTION`` for demographic parity).
         num_groups: Number of groups :math:`G`.
         epsilon: The bound :math:`\epsilon > 0`.
-        proxy: ``"sigmoid"`` or ``"hinge"`` (see :mod:`problems.rates.proxies`).
+        proxy: ``"sigmoid"`` or ``"hinge"`` (see :mod:`problems.common.rates.proxies`).
         temperature: Temperature :math:`\tau > 0` of the proxy.
 
     Attributes:

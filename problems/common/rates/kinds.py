@@ -16,7 +16,7 @@ kind                          rate                                    denominato
 
 :func:`denominator_mask` gives the sub-population and :func:`indicator_signs` the sign per example
 (:math:`+1` for :math:`s > 0`, :math:`-1` for :math:`s \le 0`) used by
-:func:`problems.rates.proxies.signed_indicator_sums`.
+:func:`problems.common.rates.proxies.signed_indicator_sums`.
 """
 
 from __future__ import annotations
